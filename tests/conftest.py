@@ -1,0 +1,2 @@
+
+pytest_plugins = ["tests.kms_fixtures"]

@@ -1,0 +1,1 @@
+"""vaultd-unsealer: the agent that auto-unseals vaultd through AWS KMS."""

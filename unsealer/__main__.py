@@ -1,0 +1,80 @@
+"""``vaultd-unsealer --config FILE``: the auto-unseal agent's entry point.
+
+Exit codes are listed in :mod:`unsealer.exitcodes`; the permanent ones tell
+systemd (``RestartPreventExitStatus=``) that restarting cannot help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from types import FrameType
+
+from unsealer import exitcodes
+from unsealer.agent import Agent
+from unsealer.client import DaemonClient
+from unsealer.settings import SettingsError, settings_from_config
+from vaultd.config import ConfigError, load_config
+from vaultd.logging import setup_logging
+from vaultd.seal.awskms import AwsKmsConfigError, AwsKmsSeal
+
+log = logging.getLogger("vaultd.unsealer")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vaultd-unsealer",
+        description="Unseal vaultd through AWS KMS whenever it starts.",
+        epilog="Exit codes: " + ", ".join(f"{code} {name}" for code, name in exitcodes.NAMES.items()),
+    )
+    parser.add_argument("-config", "--config", required=True, help="the daemon's config file (HCL or JSON)")
+    parser.add_argument("-log-level", "--log-level", default=None, help="overrides the file's log_level")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help is 0, a usage error is 2
+        return int(exc.code or 0)
+    setup_logging(args.log_level or "info", identifier="vaultd-unsealer")
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        log.error("cannot use the config: %s", exc)
+        return exitcodes.CONFIG
+    if args.log_level is None:
+        setup_logging(config.log_level, identifier="vaultd-unsealer")
+    if config.seal is None or config.seal.type != "awskms":
+        log.error('%s has no seal "awskms" stanza: there is nothing for the agent to unwrap', args.config)
+        return exitcodes.CONFIG
+    try:
+        settings = settings_from_config(config)
+        seal = AwsKmsSeal(config.seal.options)
+        client = DaemonClient(settings.address, ca_file=settings.ca_file, timeout=settings.timeout)
+    except (SettingsError, AwsKmsConfigError) as exc:
+        log.error("cannot use the config: %s", exc)
+        return exitcodes.CONFIG
+
+    agent = Agent(client, seal, settings)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        agent.stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return agent.run()
+    except Exception:  # the agent's own errors are handled; this is a bug
+        log.exception("unexpected error")
+        return exitcodes.UNEXPECTED
+    finally:
+        client.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""The unsealer loop: watch the daemon, unseal each new run of it once.
+
+Each look at the daemon is one *episode*, retried as a whole with capped
+exponential backoff and jitter until it reaches an answer (unsealed, waiting
+for init, sealed by an operator); the backoff starts afresh with the next
+episode, so a short outage tomorrow is not met with today's long delays.
+
+What heals is retried: the daemon not answering, KMS throttling or failing
+inside, the network, the daemon restarting half-way.  What does not heal
+(access denied, wrong key, disabled key) ends the agent with an exit code
+from :mod:`unsealer.exitcodes` that systemd is told not to restart on, so
+nothing hammers KMS or fills the journal.
+
+Two rules come from operators' complaints about sidecar unsealers: the agent
+never initialises a daemon, and it never unseals a run of the daemon that an
+operator sealed (the ``boot_id`` tells runs apart; a restart is a new run).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import tenacity
+
+from unsealer import exitcodes
+from unsealer.client import DaemonClient, DaemonRefused, DaemonState, DaemonUnavailable, wipe
+from unsealer.settings import AgentSettings
+from vaultd.seal.base import AutoSeal, SealError
+
+log = logging.getLogger("vaultd.unsealer")
+
+
+class Outcome(enum.Enum):
+    UNSEALED = "unsealed"
+    """This episode unsealed the daemon."""
+    ALREADY_UNSEALED = "already unsealed"
+    UNINITIALIZED = "uninitialized"
+    SEALED_BY_OPERATOR = "sealed by operator"
+    STOPPED = "stopped"
+
+
+class AgentExit(Exception):
+    """End the agent with ``code``; the message is logged at ERROR."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class BootChanged(Exception):
+    """The daemon restarted between reading its state and submitting the key."""
+
+
+class _Stopping(Exception):
+    pass
+
+
+def backoff_wait(initial: float, cap: float) -> tenacity.wait.wait_base:
+    """"Equal jitter": attempt n waits between d/2 and d, d = min(cap,
+    initial * 2**(n-1)).  Never above the cap, never zero, and two agents
+    (or an agent and KMS's own throttle window) do not stay in step."""
+    half_initial, half_cap = initial / 2, cap / 2
+    return tenacity.wait_exponential(multiplier=half_initial, max=half_cap) + tenacity.wait_random_exponential(
+        multiplier=half_initial, max=half_cap
+    )
+
+
+def is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, SealError):
+        return not exc.permanent
+    return isinstance(exc, (DaemonUnavailable, BootChanged))
+
+
+class Agent:
+    def __init__(
+        self,
+        client: DaemonClient,
+        seal: AutoSeal,
+        settings: AgentSettings,
+        *,
+        stop: threading.Event | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.seal = seal
+        self.settings = settings
+        self.stop_event = stop or threading.Event()
+        self._clock = clock
+        self._boot_id: str | None = None
+        self._sealed_since: float | None = None
+        self._said_uninitialized = False
+        self._said_operator = False
+        self._said_unsealed = False
+        self.attempts = 0
+        """KMS-or-daemon attempts made so far, for tests and status."""
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self) -> int:
+        """Watch until stopped (exit 0) or a permanent error (its exit code)."""
+        log.info("watching %s (seal %s)", self.client.address, self.seal.type)
+        try:
+            while not self.stop_event.is_set():
+                self.run_episode()
+                self.stop_event.wait(self.settings.poll_interval)
+        except AgentExit as exc:
+            log.error("%s; exiting with code %d (%s)", exc, exc.code, exitcodes.NAMES.get(exc.code, "?"))
+            return exc.code
+        log.info("stopping")
+        return exitcodes.OK
+
+    def run_episode(self) -> Outcome:
+        """Look at the daemon once and do what its state asks, retrying what
+        can heal.  Raises :class:`AgentExit` for what cannot."""
+        retrying = tenacity.Retrying(
+            wait=backoff_wait(self.settings.initial_backoff, self.settings.max_backoff),
+            retry=tenacity.retry_if_exception(is_retryable),
+            stop=lambda _state: self.stop_event.is_set(),
+            sleep=self._sleep,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        try:
+            return retrying(self._attempt)
+        except _Stopping:
+            return Outcome.STOPPED
+        except (DaemonUnavailable, BootChanged, SealError):
+            if self.stop_event.is_set():
+                return Outcome.STOPPED
+            raise
+
+    # --- one attempt ------------------------------------------------------------
+
+    def _attempt(self) -> Outcome:
+        if self.stop_event.is_set():
+            raise _Stopping
+        self.attempts += 1
+        state = self.client.state()
+        self._observe(state)
+        if not state.initialized:
+            level = logging.DEBUG if self._said_uninitialized else logging.INFO
+            log.log(level, "daemon is not initialised; waiting (the agent never initialises it)")
+            self._said_uninitialized = True
+            return Outcome.UNINITIALIZED
+        if state.seal_type != self.seal.type:
+            raise AgentExit(
+                exitcodes.CONFIG,
+                f"the daemon uses the {state.seal_type!r} seal, this agent unwraps {self.seal.type!r} only",
+            )
+        if not state.sealed:
+            if not self._said_unsealed:
+                log.info("daemon (boot %s) is unsealed", state.boot_id)
+                self._said_unsealed = True
+            return Outcome.ALREADY_UNSEALED
+        if state.sealed_by_operator:
+            self._warn_operator(state)
+            return Outcome.SEALED_BY_OPERATOR
+        if self._sealed_since is None:
+            self._sealed_since = self._clock()
+        return self._unseal(state)
+
+    def _unseal(self, state: DaemonState) -> Outcome:
+        try:
+            stored = self.client.stored_key()
+        except DaemonRefused as exc:
+            if exc.status == 403:
+                raise AgentExit(
+                    exitcodes.CONFIG, f"the daemon refuses the stored key to this agent ({exc})"
+                ) from None
+            # Initialised a moment ago, restarted, or re-sealed: look again.
+            raise DaemonUnavailable(str(exc)) from None
+        try:
+            kek = bytearray(self.seal.unwrap(stored))
+        except SealError as exc:
+            if exc.permanent:
+                raise AgentExit(
+                    exitcodes.for_seal_error(exc),
+                    f"KMS refused to unwrap the stored key ({exc.code}): {exc}",
+                ) from None
+            raise
+        try:
+            status = self.client.unseal(kek, state.boot_id)
+        except DaemonRefused as exc:
+            return self._after_refusal(state, exc)
+        finally:
+            wipe(kek)
+        if status.get("sealed") is not False:
+            raise DaemonUnavailable("the daemon accepted the key but still reports sealed")
+        took = self._clock() - (self._sealed_since or self._clock())
+        log.info("unsealed the daemon (boot %s) in %.3f s since it was first seen sealed", state.boot_id, took)
+        self._said_unsealed = True
+        return Outcome.UNSEALED
+
+    def _after_refusal(self, state: DaemonState, refusal: DaemonRefused) -> Outcome:
+        """The daemon said no: a restart, an operator, or a wrong key; its
+        state tells which without parsing its message."""
+        now = self.client.state()
+        if now.boot_id != state.boot_id:
+            self._observe(now)
+            raise BootChanged(f"the daemon restarted (boot {state.boot_id} -> {now.boot_id})")
+        if not now.sealed:
+            return Outcome.ALREADY_UNSEALED
+        if now.sealed_by_operator:
+            self._warn_operator(now)
+            return Outcome.SEALED_BY_OPERATOR
+        raise AgentExit(exitcodes.WRONG_KEY, f"the daemon rejected the key KMS returned ({refusal})")
+
+    # --- bookkeeping ----------------------------------------------------------
+
+    def _observe(self, state: DaemonState) -> None:
+        if state.boot_id == self._boot_id:
+            return
+        if self._boot_id is None:
+            log.info("found the daemon (boot %s)", state.boot_id)
+        else:
+            log.info("the daemon restarted (boot %s, was %s)", state.boot_id, self._boot_id)
+        self._boot_id = state.boot_id
+        self._sealed_since = None
+        self._said_uninitialized = False
+        self._said_operator = False
+        self._said_unsealed = False
+
+    def _warn_operator(self, state: DaemonState) -> None:
+        if not self._said_operator:
+            log.warning(
+                "the daemon (boot %s) was sealed by an operator: not unsealing it until it restarts",
+                state.boot_id,
+            )
+            self._said_operator = True
+
+    def _sleep(self, seconds: float) -> None:
+        self.stop_event.wait(seconds)
+
+    def _log_retry(self, retry_state: tenacity.RetryCallState) -> None:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        delay = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        if isinstance(exc, BootChanged):
+            level, cause = logging.INFO, str(exc)
+        elif isinstance(exc, SealError):
+            level, cause = logging.WARNING, f"KMS not available ({exc.code}): {exc}"
+        else:
+            level, cause = logging.WARNING, f"daemon not available: {exc}"
+        log.log(level, "attempt %d failed: %s; retrying in %.2f s", retry_state.attempt_number, cause, delay)

@@ -1,0 +1,257 @@
+"""The agent's HTTP client to the daemon: the one place that speaks HTTP.
+
+It knows vaultd's own endpoints for the agent (``sys/vaultd/state``,
+``sys/vaultd/stored-key``, ``sys/vaultd/unseal``) and turns every transport
+problem into :class:`DaemonUnavailable`, which the agent retries, and every
+refusal into :class:`DaemonRefused`, which it reasons about.
+
+The plaintext key leaves this process only here, so the client is strict
+about where it goes: proxies and ``.netrc`` from the environment are ignored,
+redirects are not followed, plain HTTP is allowed to loopback only, and the
+request body is built in a ``bytearray`` that is wiped after the call.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import requests
+import requests.adapters
+import urllib3.connection
+import urllib3.connectionpool
+import urllib3.exceptions
+
+from unsealer.settings import SettingsError, check_address
+from vaultd.seal.base import StoredKey
+
+_UNIX_BASE = "http://localhost"
+
+
+class DaemonUnavailable(Exception):
+    """The daemon could not be reached or answered like a daemon in trouble
+    (connection refused, timeout, 5xx, not JSON): worth retrying."""
+
+
+class DaemonRefused(Exception):
+    """The daemon answered with a 4xx; ``errors`` is its ``{"errors": [...]}``."""
+
+    def __init__(self, method: str, path: str, status: int, errors: list[str]) -> None:
+        detail = "; ".join(errors) if errors else "no detail"
+        super().__init__(f"{method} {path}: HTTP {status}: {detail}")
+        self.status = status
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class DaemonState:
+    """``GET /v1/sys/vaultd/state``: which run of the daemon, and its seal."""
+
+    boot_id: str
+    initialized: bool
+    sealed: bool
+    seal_type: str
+    sealed_by_operator: bool
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> DaemonState:
+        try:
+            return cls(
+                boot_id=str(raw["boot_id"]),
+                initialized=bool(raw["initialized"]),
+                sealed=bool(raw["sealed"]),
+                seal_type=str(raw.get("seal_type") or ""),
+                sealed_by_operator=bool(raw.get("sealed_by_operator", False)),
+            )
+        except (KeyError, TypeError) as exc:
+            raise DaemonUnavailable(f"unexpected state answer: missing {exc}") from None
+
+
+class DaemonClient:
+    def __init__(self, address: str, *, ca_file: str | None = None, timeout: float = 10.0) -> None:
+        check_address(address)
+        self.address = address
+        self.timeout = timeout
+        self._session = requests.Session()
+        # No HTTP(S)_PROXY, no .netrc: the key goes to the configured address only.
+        self._session.trust_env = False
+        self._session.verify = ca_file if ca_file else True
+        socket_path = _unix_socket_path(address)
+        if socket_path is not None:
+            self._base = _UNIX_BASE
+            self._session.mount(_UNIX_BASE, _UnixSocketAdapter(socket_path, timeout))
+        else:
+            self._base = address.rstrip("/")
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __repr__(self) -> str:
+        return f"DaemonClient(address={self.address!r})"
+
+    def state(self) -> DaemonState:
+        return DaemonState.from_json(self._request("GET", "/v1/sys/vaultd/state"))
+
+    def seal_status(self) -> dict[str, Any]:
+        return self._request("GET", "/v1/sys/seal-status")
+
+    def stored_key(self) -> StoredKey:
+        raw = self._request("GET", "/v1/sys/vaultd/stored-key")
+        try:
+            return StoredKey.from_dict(raw)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise DaemonUnavailable(f"unreadable stored key from the daemon: {type(exc).__name__}") from None
+
+    def unseal(self, key: bytes | bytearray, boot_id: str) -> dict[str, Any]:
+        """Submit the unwrapped key for the boot it was read for.
+
+        The JSON body holds the key in base64; it is assembled in a bytearray
+        that is zeroed afterwards, so no immutable copy of it is left for the
+        garbage collector to leave lying in memory."""
+        body = bytearray(b'{"boot_id": ')
+        body += json.dumps(boot_id).encode()
+        body += b', "key": "'
+        encoded = b64encode_into(key)
+        try:
+            body += encoded
+            body += b'"}'
+            return self._request("PUT", "/v1/sys/vaultd/unseal", body=body)
+        finally:
+            wipe(encoded)
+            wipe(body)
+
+    def _request(self, method: str, path: str, *, body: bytearray | None = None) -> dict[str, Any]:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            response = self._session.request(
+                method,
+                self._base + path,
+                # A bytearray is sent as is (buffer protocol) by both urllib3 1.26 and 2.x.
+                data=body,
+                headers=headers,
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            raise DaemonUnavailable(f"{method} {path}: {_describe(exc)}") from None
+        try:
+            payload = response.json() if response.content else {}
+        except ValueError:
+            payload = None
+        if response.status_code >= 500 or response.status_code == 429:
+            raise DaemonUnavailable(f"{method} {path}: HTTP {response.status_code}{_errors_suffix(payload)}")
+        if response.status_code >= 300:
+            errors = payload.get("errors") if isinstance(payload, dict) else None
+            raise DaemonRefused(method, path, response.status_code, [str(e) for e in errors or []])
+        if not isinstance(payload, dict):
+            raise DaemonUnavailable(f"{method} {path}: the answer is not a JSON object")
+        return payload
+
+
+def _errors_suffix(payload: object) -> str:
+    if isinstance(payload, dict) and payload.get("errors"):
+        return ": " + "; ".join(str(e) for e in payload["errors"])
+    return ""
+
+
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>: ")
+
+
+def _describe(exc: requests.RequestException) -> str:
+    """A short cause: the innermost reason urllib3 gives (refused, timed out,
+    certificate mismatch), which is what an operator needs."""
+    cause: BaseException = exc
+    if exc.args and isinstance(exc.args[0], BaseException):
+        cause = exc.args[0]
+    if isinstance(cause, urllib3.exceptions.MaxRetryError) and cause.reason is not None:
+        cause = cause.reason
+    text = _OBJECT_REPR.sub("", str(cause)) or type(cause).__name__
+    return f"{type(cause).__name__}: {text}"
+
+
+_B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def b64encode_into(data: bytes | bytearray) -> bytearray:
+    """Standard base64 into a fresh bytearray (the stdlib returns immutable
+    bytes, which could not be wiped)."""
+    out = bytearray(((len(data) + 2) // 3) * 4)
+    j = 0
+    size = len(data)
+    for i in range(0, size, 3):
+        # Indexing, not slicing: a slice of bytes would be another copy.
+        n = min(3, size - i)
+        value = (data[i] << 16) | ((data[i + 1] << 8) if n > 1 else 0) | (data[i + 2] if n > 2 else 0)
+        out[j] = _B64[(value >> 18) & 63]
+        out[j + 1] = _B64[(value >> 12) & 63]
+        out[j + 2] = _B64[(value >> 6) & 63] if n > 1 else 0x3D
+        out[j + 3] = _B64[value & 63] if n > 2 else 0x3D
+        j += 4
+    return out
+
+
+def wipe(buffer: bytearray) -> None:
+    """Overwrite a secret in place."""
+    buffer[:] = bytes(len(buffer))
+
+
+# --- unix sockets -------------------------------------------------------------------
+
+
+def _unix_socket_path(address: str) -> str | None:
+    if address.startswith("/"):
+        return address
+    if address.startswith("unix:"):
+        parts = urlsplit(address)
+        path = unquote(parts.path or parts.netloc)
+        if not path:
+            raise SettingsError(f"unsealer.address: {address!r} names no socket path")
+        return path
+    return None
+
+
+class _UnixConnection(urllib3.connection.HTTPConnection):
+    def __init__(self, *args: Any, socket_path: str, socket_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._socket_path = socket_path
+        self._socket_timeout = socket_timeout
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self._socket_timeout)
+        try:
+            sock.connect(self._socket_path)
+        except OSError as exc:
+            sock.close()
+            raise urllib3.exceptions.NewConnectionError(self, f"{self._socket_path}: {exc}") from None
+        self.sock = sock
+
+
+class _UnixPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _UnixConnection  # type: ignore[assignment]
+
+
+class _UnixSocketAdapter(requests.adapters.HTTPAdapter):
+    """Sends every request of the session to one unix socket."""
+
+    def __init__(self, socket_path: str, timeout: float) -> None:
+        super().__init__()
+        self._pool = _UnixPool("localhost", socket_path=socket_path, socket_timeout=timeout)
+
+    def get_connection(self, url: str, proxies: Any = None) -> _UnixPool:  # requests < 2.32
+        return self._pool
+
+    def get_connection_with_tls_context(  # requests >= 2.32
+        self, request: Any, verify: Any, proxies: Any = None, cert: Any = None
+    ) -> _UnixPool:
+        return self._pool
+
+    def close(self) -> None:
+        self._pool.close()
+        super().close()

@@ -1,0 +1,54 @@
+"""The Flask application: blueprints, error handling, request limits."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+from flask import Flask
+from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import HTTPException
+
+from vaultd.api import auth_token, logical, sys_health, sys_init, sys_mounts, sys_seal, sys_vaultd
+from vaultd.api.http import error
+from vaultd.core.core import Core
+from vaultd.errors import VaultError
+
+log = logging.getLogger("vaultd.api")
+
+DEFAULT_MAX_REQUEST_SIZE = 32 * 1024 * 1024
+
+
+def create_app(core: Core, *, max_request_size: int = DEFAULT_MAX_REQUEST_SIZE) -> Flask:
+    app = Flask("vaultd")
+    app.config["MAX_CONTENT_LENGTH"] = max_request_size if max_request_size > 0 else None
+    app.extensions["vaultd.core"] = core
+    # The system blueprints first; the logical catch-all takes the rest.
+    for blueprint in (sys_init.bp, sys_seal.bp, sys_health.bp, sys_mounts.bp, sys_vaultd.bp, auth_token.bp, logical.bp):
+        app.register_blueprint(blueprint)
+
+    @app.errorhandler(VaultError)
+    def vault_error(exc: VaultError) -> ResponseReturnValue:
+        if exc.status >= 500 and exc.status != 503:
+            log.error("request failed: %s", "; ".join(exc.messages))
+        return error(exc.status, exc.messages)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> ResponseReturnValue:
+        code = exc.code or 500
+        messages = {
+            404: "unsupported path",
+            405: "unsupported operation",
+            413: "request body too large",
+        }
+        return error(code, [messages.get(code, exc.name)])
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> ResponseReturnValue:
+        # Log the type and where, never the exception text: it may quote a
+        # value from the request.
+        where = "".join(traceback.format_list(traceback.extract_tb(exc.__traceback__)))
+        log.error("internal error handling request: %s at\n%s", type(exc).__name__, where.rstrip())
+        return error(500, ["internal error"])
+
+    return app

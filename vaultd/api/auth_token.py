@@ -1,0 +1,174 @@
+"""``auth/token/*``: the token auth method."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint
+from flask.typing import ResponseReturnValue
+
+from vaultd.api.http import Field, client_token, core, envelope, fields, json_body, no_content
+from vaultd.core.tokens import TokenEntry
+from vaultd.durations import parse_duration
+from vaultd.errors import BadRequest, PermissionDenied
+from vaultd.logical import Operation
+
+bp = Blueprint("auth_token", __name__)
+
+_CREATE_SCHEMA = {
+    "id": Field(str),
+    "role_name": Field(str),
+    "policies": Field(list, nullable=True),
+    "meta": Field(dict, nullable=True),
+    "no_parent": Field(bool),
+    "no_default_policy": Field(bool),
+    "renewable": Field(bool),
+    "ttl": Field((str, int)),
+    "type": Field(str),
+    "explicit_max_ttl": Field((str, int)),
+    "display_name": Field(str),
+    "num_uses": Field(int),
+    "period": Field((str, int)),
+    "entity_alias": Field(str),
+    "lease": Field((str, int)),
+}
+
+
+def _create_params(body: dict[str, Any]) -> dict[str, Any]:
+    params = fields(body, _CREATE_SCHEMA)
+    if params.get("id"):
+        raise BadRequest("custom token ids are not supported by vaultd")
+    if params.get("role_name"):
+        raise BadRequest("token roles are not supported by vaultd yet")
+    if params.get("period"):
+        raise BadRequest("periodic tokens are not supported by vaultd yet")
+    if params.get("type", "service") not in ("service", "default"):
+        raise BadRequest("only service tokens are supported by vaultd")
+    policies = params.get("policies") or []
+    if not all(isinstance(p, str) and p for p in policies):
+        raise BadRequest("policies must be a list of non-empty strings")
+    params["policies"] = [p.strip().lower() for p in policies]
+    meta = params.get("meta") or {}
+    if not all(isinstance(v, str) for v in meta.values()):
+        raise BadRequest("meta values must be strings")
+    for name in ("ttl", "explicit_max_ttl"):
+        if name in params:
+            params[name] = parse_duration(params[name], field=name)
+    if "lease" in params and "ttl" not in params:
+        params["ttl"] = parse_duration(params.pop("lease"), field="lease")
+    if params.get("num_uses", 0) < 0:
+        raise BadRequest("number of uses cannot be negative")
+    return params
+
+
+def _create(path: str, *, orphan: bool) -> ResponseReturnValue:
+    c = core()
+    parent = c.check(client_token(), path, Operation.UPDATE)
+    token, entry = c.tokens.create(parent, _create_params(json_body()), orphan=orphan)
+    return envelope(None, auth=entry.auth_block(token))
+
+
+@bp.route("/v1/auth/token/create", methods=["POST", "PUT"])
+def create() -> ResponseReturnValue:
+    return _create("auth/token/create", orphan=False)
+
+
+@bp.route("/v1/auth/token/create-orphan", methods=["POST", "PUT"])
+def create_orphan() -> ResponseReturnValue:
+    return _create("auth/token/create-orphan", orphan=True)
+
+
+def _target() -> tuple[str, TokenEntry]:
+    body = fields(json_body(), {"token": Field(str, required=True)})
+    target = body["token"]
+    entry = core().tokens.lookup(target)
+    if entry is None:
+        raise PermissionDenied("bad token")
+    return target, entry
+
+
+@bp.get("/v1/auth/token/lookup-self")
+def lookup_self() -> ResponseReturnValue:
+    token = client_token()
+    entry = core().check(token, "auth/token/lookup-self", Operation.READ)
+    return envelope(entry.lookup_data(token or ""))
+
+
+@bp.route("/v1/auth/token/lookup", methods=["POST", "PUT"])
+def lookup() -> ResponseReturnValue:
+    core().check(client_token(), "auth/token/lookup", Operation.UPDATE)
+    token, entry = _target()
+    return envelope(entry.lookup_data(token))
+
+
+@bp.get("/v1/auth/token/lookup")
+def lookup_get() -> ResponseReturnValue:
+    # ``vault token lookup`` without an argument reads lookup-self; with
+    # nothing in the body this endpoint looks up the caller, as Vault does.
+    return lookup_self()
+
+
+@bp.route("/v1/auth/token/lookup-accessor", methods=["POST", "PUT"])
+def lookup_accessor() -> ResponseReturnValue:
+    c = core()
+    c.check(client_token(), "auth/token/lookup-accessor", Operation.UPDATE)
+    body = fields(json_body(), {"accessor": Field(str, required=True)})
+    entry = c.tokens.lookup_accessor(body["accessor"])
+    if entry is None:
+        raise BadRequest("invalid accessor")
+    return envelope(entry.lookup_data(""))
+
+
+@bp.route("/v1/auth/token/revoke", methods=["POST", "PUT"])
+def revoke() -> ResponseReturnValue:
+    c = core()
+    c.check(client_token(), "auth/token/revoke", Operation.UPDATE)
+    _, entry = _target()
+    c.tokens.revoke(entry)
+    return no_content()
+
+
+@bp.route("/v1/auth/token/revoke-self", methods=["POST", "PUT"])
+def revoke_self() -> ResponseReturnValue:
+    c = core()
+    entry = c.check(client_token(), "auth/token/revoke-self", Operation.UPDATE)
+    c.tokens.revoke(entry)
+    return no_content()
+
+
+@bp.route("/v1/auth/token/revoke-accessor", methods=["POST", "PUT"])
+def revoke_accessor() -> ResponseReturnValue:
+    c = core()
+    c.check(client_token(), "auth/token/revoke-accessor", Operation.UPDATE)
+    body = fields(json_body(), {"accessor": Field(str, required=True)})
+    entry = c.tokens.lookup_accessor(body["accessor"])
+    if entry is None:
+        raise BadRequest("invalid accessor")
+    c.tokens.revoke(entry)
+    return no_content()
+
+
+def _increment(body: dict[str, Any]) -> int:
+    return parse_duration(body["increment"], field="increment") if "increment" in body else 0
+
+
+@bp.route("/v1/auth/token/renew-self", methods=["POST", "PUT"])
+def renew_self() -> ResponseReturnValue:
+    c = core()
+    token = client_token()
+    entry = c.check(token, "auth/token/renew-self", Operation.UPDATE)
+    body = fields(json_body(), {"increment": Field((str, int))})
+    entry = c.tokens.renew(entry, _increment(body))
+    return envelope(None, auth=entry.auth_block(token or ""))
+
+
+@bp.route("/v1/auth/token/renew", methods=["POST", "PUT"])
+def renew() -> ResponseReturnValue:
+    c = core()
+    c.check(client_token(), "auth/token/renew", Operation.UPDATE)
+    body = fields(json_body(), {"token": Field(str, required=True), "increment": Field((str, int))})
+    entry = c.tokens.lookup(body["token"])
+    if entry is None:
+        raise PermissionDenied("bad token")
+    entry = c.tokens.renew(entry, _increment(body))
+    return envelope(None, auth=entry.auth_block(body["token"]))

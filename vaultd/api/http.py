@@ -1,0 +1,156 @@
+"""Decoding requests and encoding responses the way Vault does.
+
+Kept apart from the handlers so each handler stays a few lines: take the
+token and the body from here, call the core, hand the result back here.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Response as FlaskResponse
+from flask import current_app, request
+
+from vaultd.core.core import Core
+from vaultd.errors import BadRequest
+from vaultd.logical import Response
+
+_JSON = "application/json"
+
+
+def client_token() -> str | None:
+    """``X-Vault-Token``, or ``Authorization: Bearer``, as Vault accepts."""
+    token = request.headers.get("X-Vault-Token")
+    if token:
+        return token
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return None
+
+
+def json_body() -> dict[str, Any]:
+    """The request body as a JSON object; empty body means ``{}``."""
+    raw = request.get_data(cache=True)
+    if not raw or not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"failed to decode JSON input: {_short(exc)}") from None
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise BadRequest("failed to decode JSON input: the body must be a JSON object")
+    return body
+
+
+def _short(exc: Exception) -> str:
+    # json's messages quote position only, never the input, so they are safe.
+    return str(exc).split("\n")[0][:200]
+
+
+class Field:
+    """One accepted body field: its type and whether it must be present."""
+
+    def __init__(self, kind: type | tuple[type, ...], *, required: bool = False, nullable: bool = False) -> None:
+        self.kind = kind
+        self.required = required
+        self.nullable = nullable
+
+
+def fields(body: Mapping[str, Any], schema: Mapping[str, Field]) -> dict[str, Any]:
+    """Check ``body`` against ``schema``: unknown fields and wrong types are
+    a 400 naming the field, before anything is changed."""
+    unknown = sorted(set(body) - set(schema))
+    if unknown:
+        raise BadRequest("unknown field(s): " + ", ".join(unknown))
+    out: dict[str, Any] = {}
+    for name, spec in schema.items():
+        if name not in body:
+            if spec.required:
+                raise BadRequest(f"missing required field {name!r}")
+            continue
+        value = body[name]
+        if value is None and spec.nullable:
+            continue
+        kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            raise BadRequest(f"field {name!r} has the wrong type: expected {_names(kinds)}")
+        if not isinstance(value, kinds):
+            raise BadRequest(f"field {name!r} has the wrong type: expected {_names(kinds)}")
+        out[name] = value
+    return out
+
+
+def _names(kinds: tuple[type, ...]) -> str:
+    words = {int: "integer", str: "string", bool: "boolean", list: "array", dict: "object", float: "number"}
+    return " or ".join(words.get(k, k.__name__) for k in kinds)
+
+
+def raw_json(body: Any, status: int = 200) -> FlaskResponse:
+    return FlaskResponse(json.dumps(body) + "\n", status=status, mimetype=_JSON)
+
+
+def no_content() -> FlaskResponse:
+    return FlaskResponse(status=204)
+
+
+def envelope(
+    data: Any = None,
+    *,
+    auth: dict[str, Any] | None = None,
+    warnings: list[str] | None = None,
+    lease_duration: int = 0,
+    renewable: bool = False,
+    legacy_top_level: bool = False,
+    status: int = 200,
+) -> FlaskResponse:
+    """Vault's success body.  ``legacy_top_level`` also copies ``data``'s keys
+    to the top level, which several ``sys/`` endpoints still do in Vault."""
+    body: dict[str, Any] = {}
+    if legacy_top_level and isinstance(data, dict):
+        body.update(data)
+    body.update(
+        {
+            "request_id": str(uuid.uuid4()),
+            "lease_id": "",
+            "renewable": renewable,
+            "lease_duration": lease_duration,
+            "data": data,
+            "wrap_info": None,
+            "warnings": warnings,
+            "auth": auth,
+        }
+    )
+    return raw_json(body, status)
+
+
+def logical(response: Response) -> FlaskResponse:
+    """Encode an engine's :class:`vaultd.logical.Response`."""
+    if response.raw is not None:
+        return raw_json(response.raw, response.status or 200)
+    if response.data is None and response.auth is None and not response.warnings:
+        if not response.status or response.status == 204:
+            return no_content()
+        return raw_json({"errors": []}, response.status)
+    return envelope(
+        response.data,
+        auth=response.auth,
+        warnings=response.warnings,
+        lease_duration=response.lease_duration,
+        renewable=response.renewable,
+        status=response.status or 200,
+    )
+
+
+def error(status: int, messages: list[str]) -> FlaskResponse:
+    return raw_json({"errors": messages}, status)
+
+
+def core() -> Core:
+    """The worker's core, which ``create_app`` registered on the app."""
+    return current_app.extensions["vaultd.core"]

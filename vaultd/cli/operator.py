@@ -1,0 +1,231 @@
+"""``operator init|unseal|seal`` and ``status``: the seal lifecycle.
+
+Unseal keys are secrets: when not given as an argument (where they would
+land in shell history) they are read with ``getpass`` so they are not
+echoed.  ``init`` is the one place key shares and the root token are
+printed, because showing them once is its purpose.
+"""
+
+from __future__ import annotations
+
+import getpass
+
+from vaultd.cli.base import Command, Context, Failure
+from vaultd.cli.client import ClientError
+from vaultd.cli.flags import EXIT_USAGE, Flag, expect_args
+from vaultd.cli.output import out, print_json, table
+
+EXIT_SEALED = 2
+EXIT_ERROR = 1
+
+
+def seal_status_rows(status: dict[str, object], ha_enabled: bool | None) -> list[tuple[str, object]]:
+    """Vault's ``status`` rows; progress only while sealed, as Vault does."""
+    recovery = bool(status.get("recovery_seal"))
+    rows: list[tuple[str, object]] = [("Seal Type", status.get("type", ""))]
+    if recovery:
+        rows.append(("Recovery Seal Type", status.get("recovery_seal_type", "shamir")))
+    rows += [
+        ("Initialized", status.get("initialized")),
+        ("Sealed", status.get("sealed")),
+        ("Total Recovery Shares" if recovery else "Total Shares", status.get("n")),
+        ("Threshold", status.get("t")),
+    ]
+    if status.get("sealed"):
+        rows.append(("Unseal Progress", f"{status.get('progress', 0)}/{status.get('t', 0)}"))
+        rows.append(("Unseal Nonce", status.get("nonce") or "n/a"))
+    if status.get("migration"):
+        rows.append(("Seal Migration in Progress", True))
+    rows.append(("Version", status.get("version", "")))
+    for key, label in (("build_date", "Build Date"), ("commit_date", "Commit Date")):
+        if status.get(key):
+            rows.append((label, status[key]))
+    rows.append(("Storage Type", status.get("storage_type") or "n/a"))
+    if status.get("cluster_name") and status.get("cluster_id"):
+        rows.append(("Cluster Name", status["cluster_name"]))
+        rows.append(("Cluster ID", status["cluster_id"]))
+    if ha_enabled is not None:
+        rows.append(("HA Enabled", ha_enabled))
+    return rows
+
+
+def _ha_enabled(ctx: Context) -> bool | None:
+    """``sys/leader``'s flag, or None if it cannot be had (not worth failing
+    a status check over)."""
+    try:
+        body = ctx.client.request("GET", "sys/leader").body or {}
+    except ClientError:
+        return None
+    value = body.get("ha_enabled")
+    return value if isinstance(value, bool) else None
+
+
+def _show_seal_status(ctx: Context, status: dict[str, object]) -> None:
+    ha = _ha_enabled(ctx)
+    if ctx.json:
+        print_json({**status, **({"ha_enabled": ha} if ha is not None else {})})
+    else:
+        out(table(seal_status_rows(status, ha)))
+
+
+def run_status(ctx: Context) -> int:
+    expect_args(ctx.args, 0, 0)
+    try:
+        status = ctx.client.request("GET", "sys/seal-status").body or {}
+    except ClientError as exc:
+        raise Failure(f"Error checking seal status: {exc}", EXIT_ERROR) from None
+    _show_seal_status(ctx, status)
+    return EXIT_SEALED if status.get("sealed") else 0
+
+
+def run_init(ctx: Context) -> int:
+    expect_args(ctx.args, 0, 0)
+    if ctx.flag("status"):
+        return _init_status(ctx)
+    status = ctx.call("checking seal status", "GET", "sys/seal-status").body or {}
+    auto = bool(status.get("recovery_seal"))
+    body: dict[str, object] = {}
+    pairs = (
+        ("secret_shares", "key-shares", not auto),
+        ("secret_threshold", "key-threshold", not auto),
+        ("recovery_shares", "recovery-shares", auto),
+        ("recovery_threshold", "recovery-threshold", auto),
+    )
+    for field, flag, applies in pairs:
+        value = ctx.flag(flag)
+        if value is None and applies:
+            value = 5 if field.endswith("shares") else 3
+        if value is not None:
+            body[field] = value
+    result = ctx.call("initializing", "PUT", "sys/init", body).body or {}
+    if ctx.json:
+        print_json(_init_json(result, body))
+    else:
+        out(_init_text(result, body))
+    return 0
+
+
+def _init_status(ctx: Context) -> int:
+    body = ctx.call("checking initialization status", "GET", "sys/init").body or {}
+    if body.get("initialized"):
+        out("Vault is initialized")
+        return 0
+    out("Vault is not initialized")
+    return EXIT_SEALED
+
+
+def _init_json(result: dict[str, object], sent: dict[str, object]) -> dict[str, object]:
+    """The JSON shape of ``vault operator init -format=json``."""
+    keys_b64 = result.get("keys_base64") or []
+    recovery_b64 = result.get("recovery_keys_base64") or []
+    return {
+        "unseal_keys_b64": keys_b64,
+        "unseal_keys_hex": result.get("keys") or [],
+        "unseal_shares": len(keys_b64) if keys_b64 else sent.get("secret_shares", 0),
+        "unseal_threshold": sent.get("secret_threshold", 0),
+        "recovery_keys_b64": recovery_b64,
+        "recovery_keys_hex": result.get("recovery_keys") or [],
+        "recovery_keys_shares": len(recovery_b64) if recovery_b64 else sent.get("recovery_shares", 0),
+        "recovery_keys_threshold": sent.get("recovery_threshold", 0),
+        "root_token": result.get("root_token", ""),
+    }
+
+
+def _init_text(result: dict[str, object], sent: dict[str, object]) -> str:
+    lines = []
+    for i, key in enumerate(result.get("keys_base64") or [], 1):
+        lines.append(f"Unseal Key {i}: {key}")
+    for i, key in enumerate(result.get("recovery_keys_base64") or [], 1):
+        lines.append(f"Recovery Key {i}: {key}")
+    lines += ["", f"Initial Root Token: {result.get('root_token', '')}", ""]
+    if result.get("keys_base64"):
+        shares, threshold = len(result["keys_base64"]), sent.get("secret_threshold")
+        lines.append(
+            f"Vault initialized with {shares} key shares and a key threshold of {threshold}.\n"
+            "Distribute the key shares above to different people and keep them apart.\n"
+            f"After every restart or seal, {threshold} of them are needed to unseal; the\n"
+            "root key is not stored anywhere else, so losing that many shares loses the data."
+        )
+    if result.get("recovery_keys_base64"):
+        shares, threshold = len(result["recovery_keys_base64"]), sent.get("recovery_threshold")
+        lines.append(
+            "Success! Vault is initialized\n\n"
+            f"Recovery key initialized with {shares} key shares and a key threshold of {threshold}.\n"
+            "Distribute the recovery shares above to different people and keep them apart."
+        )
+    return "\n".join(lines)
+
+
+def run_unseal(ctx: Context) -> int:
+    expect_args(ctx.args, 0, 1)
+    body: dict[str, object]
+    if ctx.flag("reset"):
+        if ctx.args:
+            raise Failure("Too many arguments (expected 0 with -reset, got 1)", EXIT_USAGE)
+        body, action = {"reset": True}, "resetting unseal process"
+    else:
+        key = ctx.args[0] if ctx.args else _prompt_key()
+        body, action = {"key": key.strip()}, "unsealing"
+        if ctx.flag("migrate"):
+            body["migrate"] = True
+    status = ctx.call(action, "PUT", "sys/unseal", body).body or {}
+    _show_seal_status(ctx, status)
+    return 0
+
+
+def _prompt_key() -> str:
+    try:
+        key = getpass.getpass("Unseal Key (will be hidden): ")
+    except (EOFError, KeyboardInterrupt):
+        raise Failure("No unseal key given", EXIT_USAGE) from None
+    if not key.strip():
+        raise Failure("No unseal key given", EXIT_USAGE)
+    return key
+
+
+def run_seal(ctx: Context) -> int:
+    expect_args(ctx.args, 0, 0)
+    ctx.call("sealing", "PUT", "sys/seal")
+    out("Success! Vault is sealed.")
+    return 0
+
+
+COMMANDS = [
+    Command(
+        ("operator", "init"),
+        "Initialize the server: create the root key and print the key shares and root token.",
+        "[options]",
+        (
+            Flag("key-shares", int, None, "Number of unseal key shares (default 5)."),
+            Flag("key-threshold", int, None, "Shares needed to unseal (default 3)."),
+            Flag("recovery-shares", int, None, "Number of recovery key shares, auto-unseal only (default 5)."),
+            Flag("recovery-threshold", int, None, "Recovery shares needed for quorum operations (default 3)."),
+            Flag("status", bool, False, "Only report whether the server is initialized (exit 0 yes, 2 no)."),
+        ),
+        run_init,
+    ),
+    Command(
+        ("operator", "unseal"),
+        "Provide one unseal key share; prompts for it without echo when KEY is omitted.",
+        "[options] [KEY]",
+        (
+            Flag("reset", bool, False, "Discard the shares provided so far."),
+            Flag("migrate", bool, False, "Use the share for a seal migration."),
+        ),
+        run_unseal,
+    ),
+    Command(
+        ("operator", "seal"),
+        "Seal the server: it forgets its root key until unsealed again.",
+        "[options]",
+        (),
+        run_seal,
+    ),
+    Command(
+        ("status",),
+        "Print the seal status.  Exit 0 unsealed, 2 sealed, 1 on error.",
+        "[options]",
+        (),
+        run_status,
+    ),
+]

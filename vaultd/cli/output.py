@@ -1,0 +1,95 @@
+"""Vault-like table and JSON output.
+
+Tables are for people (aligned columns, ``n/a`` for empty values, durations
+as ``1h``); ``-format=json`` is for scripts and prints the server's JSON
+unchanged except where a token would leak.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+
+FORMATS = ("table", "json")
+_GAP = 4
+
+
+def out(text: str = "", end: str = "\n") -> None:
+    sys.stdout.write(text + end)
+
+
+def err(text: str) -> None:
+    sys.stderr.write(text.rstrip("\n") + "\n")
+
+
+def print_json(value: object) -> None:
+    out(json.dumps(value, indent=2))
+
+
+def table(rows: Iterable[tuple[object, ...]], header: tuple[str, ...] = ("Key", "Value")) -> str:
+    """Columns padded like Vault's: a header, a dashed rule, then rows."""
+    body = [tuple(value_text(c) if not isinstance(c, str) else c for c in row) for row in rows]
+    lines = [header, tuple("-" * len(h) for h in header), *body]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    rendered = []
+    for line in lines:
+        cells = [cell.ljust(widths[i] + _GAP) for i, cell in enumerate(line[:-1])]
+        rendered.append(("".join(cells) + line[-1]).rstrip())
+    return "\n".join(rendered)
+
+
+def kv_table(data: dict[str, object], durations: tuple[str, ...] = ()) -> str:
+    """A Key/Value table of a response's ``data``, keys sorted as Vault does."""
+    rows = []
+    for key in sorted(data):
+        value = data[key]
+        if key in durations and isinstance(value, int) and not isinstance(value, bool):
+            rows.append((key, human_duration(value)))
+        else:
+            rows.append((key, value_text(value)))
+    return table(rows)
+
+
+def heading(title: str) -> str:
+    return f"== {title} =="
+
+
+def value_text(value: object) -> str:
+    """One table cell.  Go's ``%v`` forms, since that is what operators
+    know from Vault: ``<nil>``, ``[a b]``, ``map[k:v]``; empty is ``n/a``."""
+    if value is None:
+        return "<nil>"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value if value else "n/a"
+    if isinstance(value, list):
+        return "[" + " ".join(_inner(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "map[" + " ".join(f"{k}:{_inner(v)}" for k, v in sorted(value.items())) + "]"
+    return str(value)
+
+
+def _inner(value: object) -> str:
+    return value if isinstance(value, str) else value_text(value)
+
+
+def human_duration(seconds: int) -> str:
+    """Go's duration string with the zero tails Vault trims (``1h``, not
+    ``1h0m0s``)."""
+    if seconds == 0:
+        return "0s"
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    text = f"{h}h{m}m{s}s" if h else (f"{m}m{s}s" if m else f"{s}s")
+    if text.endswith("m0s"):
+        text = text[:-2]
+    if text.endswith("h0m"):
+        text = text[:-2]
+    return text
+
+
+def json_list(value: object) -> str:
+    """Policy lists as Vault prints them in token tables: ``["default"]``."""
+    return json.dumps(value if isinstance(value, list) else [])

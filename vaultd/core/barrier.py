@@ -1,0 +1,92 @@
+"""The security barrier: a Storage that encrypts everything it stores.
+
+Everything above the barrier (mount table, tokens, engine data) reads and
+writes plaintext through it; the physical backend below only ever sees
+``term (4 bytes) | version (1) | nonce | ciphertext+tag``.  The storage path is
+the AEAD associated data, so a value copied to another path fails to decrypt
+instead of being silently accepted there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+from collections.abc import Callable
+
+from vaultd.core.keyring import Keyring
+from vaultd.crypto import aead
+from vaultd.errors import Sealed, StorageError
+from vaultd.storage.base import Storage
+
+_VERSION = 1
+_PREFIX = struct.Struct(">IB")
+
+
+class Barrier(Storage):
+    def __init__(self, physical: Storage, reload_keyring: Callable[[], Keyring]) -> None:
+        self._physical = physical
+        self._reload = reload_keyring
+        self._keyring: Keyring | None = None
+
+    # -- seal state ------------------------------------------------------------
+
+    @property
+    def sealed(self) -> bool:
+        return self._keyring is None
+
+    def unseal(self, keyring: Keyring) -> None:
+        self._keyring = keyring
+
+    def seal(self) -> None:
+        self._keyring = None
+
+    @property
+    def keyring(self) -> Keyring:
+        if self._keyring is None:
+            raise Sealed()
+        return self._keyring
+
+    # -- Storage ---------------------------------------------------------------
+
+    def get(self, key: str) -> bytes | None:
+        blob = self._physical.get(key)
+        if blob is None:
+            return None
+        return self.decrypt(key, blob)
+
+    def put(self, key: str, value: bytes) -> None:
+        self._physical.put(key, self.encrypt(key, value))
+
+    def delete(self, key: str) -> None:
+        self.keyring  # noqa: B018 - a sealed barrier refuses every operation
+        self._physical.delete(key)
+
+    def list(self, prefix: str) -> list[str]:
+        self.keyring  # noqa: B018
+        return self._physical.list(prefix)
+
+    def lock(self, name: str = "") -> contextlib.AbstractContextManager[None]:
+        return self._physical.lock(name)
+
+    # -- the cipher ------------------------------------------------------------
+
+    def encrypt(self, key: str, plaintext: bytes) -> bytes:
+        term = self.keyring.active_term
+        return _PREFIX.pack(term.number, _VERSION) + aead.encrypt(term.key, plaintext, key.encode())
+
+    def decrypt(self, key: str, blob: bytes) -> bytes:
+        if len(blob) < _PREFIX.size:
+            raise StorageError(f"stored value at {key!r} is truncated")
+        number, version = _PREFIX.unpack_from(blob)
+        if version != _VERSION:
+            raise StorageError(f"stored value at {key!r} has unknown version {version}")
+        keyring = self.keyring
+        if number not in keyring.terms:
+            # Another worker rotated the keyring after we loaded ours.
+            keyring = self._keyring = self._reload()
+            if number not in keyring.terms:
+                raise StorageError(f"stored value at {key!r} uses unknown key term {number}")
+        try:
+            return aead.decrypt(keyring.terms[number].key, blob[_PREFIX.size :], key.encode())
+        except aead.AuthenticationError:
+            raise StorageError(f"stored value at {key!r} failed authentication") from None

@@ -1,0 +1,193 @@
+"""The core of one worker: lifecycle, token store, mounts, and authorisation.
+
+This is the only object the HTTP layer talks to.  It knows nothing of HTTP:
+handlers decode a request, call one method here, and encode what it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from vaultd.core.barrier import Barrier
+from vaultd.core.lifecycle import InitRequest, Lifecycle
+from vaultd.core.policy import authorize
+from vaultd.core.router import MOUNTS_KEY, MountEntry, Router, new_mount
+from vaultd.core.seal_state import EPOCH_MOUNTS, SharedSealState
+from vaultd.core.tokens import TokenEntry, TokenStore
+from vaultd.errors import NotFound, PermissionDenied
+from vaultd.logical import Operation, Request, Response
+from vaultd.seal.base import AutoSeal
+from vaultd.storage.base import Storage
+from vaultd.storage.view import StorageView
+
+log = logging.getLogger("vaultd.core")
+
+
+@dataclass
+class CoreSettings:
+    seal: AutoSeal | None = None
+    cluster_name: str = ""
+    storage_type: str = "inmem"
+    default_lease_ttl: int = 768 * 3600
+    max_lease_ttl: int = 768 * 3600
+
+
+class Core:
+    def __init__(self, physical: Storage, shared: SharedSealState, settings: CoreSettings) -> None:
+        self.settings = settings
+        self.shared = shared
+        self.lifecycle = Lifecycle(
+            physical,
+            shared,
+            seal=settings.seal,
+            cluster_name=settings.cluster_name,
+            storage_type=settings.storage_type,
+            on_initialised=self._bootstrap,
+        )
+        self.barrier = self.lifecycle.barrier
+        self.tokens = self._token_store(self.barrier)
+        self.router = Router(
+            self.barrier,
+            system_default_ttl=settings.default_lease_ttl,
+            system_max_ttl=settings.max_lease_ttl,
+        )
+        self._mounts_epoch = -1
+
+    def _token_store(self, barrier: Storage) -> TokenStore:
+        return TokenStore(
+            StorageView(barrier, "sys/token/"),
+            default_ttl=self.settings.default_lease_ttl,
+            max_ttl=self.settings.max_lease_ttl,
+        )
+
+    def _bootstrap(self, barrier: Barrier, cluster_name: str) -> str:
+        """Lay down what an initialised server needs; returns the root token."""
+        tokens = self._token_store(barrier)
+        tokens.initialise()
+        barrier.put(MOUNTS_KEY, b"[]")
+        return tokens.create_root()
+
+    # -- per request ---------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Called first by every request that needs the barrier open."""
+        if self.lifecycle.refresh():
+            self.router.invalidate()
+            self.tokens = self._token_store(self.barrier)
+        if self.barrier.sealed:
+            self.lifecycle.require_unsealed()
+        epoch = self.shared.epoch(EPOCH_MOUNTS)
+        if epoch != self._mounts_epoch:
+            self._mounts_epoch = epoch
+            self.router.invalidate()
+
+    def authenticate(self, token: str | None) -> TokenEntry:
+        self.begin()
+        entry = self.tokens.lookup(token)
+        if entry is None:
+            raise PermissionDenied()
+        return entry
+
+    def check(self, token: str | None, path: str, operation: Operation, *, sudo: bool = False) -> TokenEntry:
+        """The one authorisation gate: who is asking, and may they do this here."""
+        entry = self.authenticate(token)
+        authorize(entry.policies, path, operation, sudo=sudo)
+        return entry
+
+    # -- lifecycle passthroughs ------------------------------------------------------
+
+    def init(self, request: InitRequest) -> dict[str, Any]:
+        return self.lifecycle.init(request)
+
+    def seal(self, token: str | None) -> None:
+        self.check(token, "sys/seal", Operation.UPDATE, sudo=True)
+        self.lifecycle.seal_now(by_operator=True)
+
+    # -- mounts ----------------------------------------------------------------------
+
+    def list_mounts(self, token: str | None) -> dict[str, dict[str, Any]]:
+        self.check(token, "sys/mounts", Operation.READ)
+        mounts = {path: entry.describe() for path, entry in self.router.table().items()}
+        mounts["sys/"] = self._system_mount_view()
+        return dict(sorted(mounts.items()))
+
+    def _system_mount_view(self) -> dict[str, Any]:
+        from vaultd.core.router import SYSTEM_MOUNT
+
+        view = SYSTEM_MOUNT.describe()
+        view["config"]["passthrough_request_headers"] = ["Accept"]
+        return view
+
+    def mount_entry(self, token: str | None, path: str, operation: Operation = Operation.READ) -> MountEntry:
+        self.check(token, f"sys/mounts/{path}", operation)
+        entry = self.router.table().get(path)
+        if entry is None:
+            raise NotFound(f"no mount at {path}") if operation is Operation.READ else NotFound()
+        return entry
+
+    def enable_mount(self, token: str | None, path: str, type_: str, description: str, options: dict[str, str],
+                     config: dict[str, Any]) -> None:
+        self.check(token, f"sys/mounts/{path}", Operation.UPDATE, sudo=True)
+        entry = new_mount(path, type_, description=description, options=options)
+        entry.default_lease_ttl = int(config.get("default_lease_ttl", 0))
+        entry.max_lease_ttl = int(config.get("max_lease_ttl", 0))
+        self.router.mount(entry)
+        self.shared.bump_epoch(EPOCH_MOUNTS)
+        log.info("mounted %s engine at %s", entry.type, entry.path)
+
+    def disable_mount(self, token: str | None, path: str) -> None:
+        self.check(token, f"sys/mounts/{path}", Operation.DELETE, sudo=True)
+        self.router.unmount(path)
+        self.shared.bump_epoch(EPOCH_MOUNTS)
+        log.info("unmounted %s", path)
+
+    def tune_mount(self, token: str | None, path: str, changes: dict[str, Any]) -> None:
+        self.check(token, f"sys/mounts/{path}/tune", Operation.UPDATE, sudo=True)
+        self.router.tune(path, changes)
+        self.shared.bump_epoch(EPOCH_MOUNTS)
+
+    def mount_for_ui(self, token: str | None, path: str) -> MountEntry:
+        """``sys/internal/ui/mounts/<path>``: which mount serves a path.  The
+        Vault CLI asks this before every ``kv`` command."""
+        entry = self.authenticate(token)
+        routed = self.router.route(path)
+        if routed is None:
+            raise PermissionDenied(
+                "preflight capability check returned 403, please ensure client's policies grant "
+                f'access to path "{path.rstrip("/")}/"'
+            )
+        if not entry.is_root:
+            # Vault answers only when the token can do something below it.
+            raise PermissionDenied()
+        return routed[0]
+
+    # -- logical requests ----------------------------------------------------------
+
+    def handle(self, token: str | None, request: Request) -> Response:
+        self.begin()
+        routed = self.router.route(request.path)
+        if routed is None:
+            # Authenticate first: an unauthenticated caller learns nothing.
+            self.authenticate(token)
+            raise NotFound(f'no handler for route "{request.path}". route entry not found.')
+        mount, relative = routed
+        engine = self.router.engine(mount)
+        full_path = request.path
+        routed_request = Request(
+            operation=request.operation,
+            path=relative,
+            data=request.data,
+            query=request.query,
+            mount_path=mount.path,
+        )
+        operation = request.operation
+        entry = self.authenticate(token)
+        if operation in (Operation.CREATE, Operation.UPDATE):
+            operation = Operation.UPDATE if engine.exists(routed_request) else Operation.CREATE
+        authorize(entry.policies, full_path, operation)
+        routed_request.operation = operation
+        routed_request.client_token_accessor = entry.accessor
+        routed_request.display_name = entry.display_name
+        return engine.handle(routed_request)

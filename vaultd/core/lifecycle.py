@@ -1,0 +1,417 @@
+"""Init, unseal and seal: the life of the key hierarchy.
+
+Physical layout of what this module owns (all under ``core/``, outside the
+barrier, because it must be readable while sealed):
+
+``core/seal-config``  plaintext JSON: seal type, shares/threshold, share
+                      verifiers, cluster id.  Written last at init, so its
+                      presence is what "initialised" means.
+``core/root-key``     the root key, AES-GCM under the unseal key (KEK).
+``core/keyring``      the barrier keyring, AES-GCM under the root key.
+``core/stored-key``   auto seal only: the KEK wrapped by the seal (KMS).
+
+Unseal progress and the unsealed root key live in the shared seal state, so
+every gunicorn worker sees the same progress and the same outcome.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from vaultd import __version__
+from vaultd.core.barrier import Barrier
+from vaultd.core.keyring import Keyring
+from vaultd.core.seal_state import EPOCH_INIT, EPOCH_KEYRING, SharedSealState
+from vaultd.crypto import aead, shamir
+from vaultd.errors import BadRequest, Sealed
+from vaultd.seal.base import AutoSeal, SealError, StoredKey
+from vaultd.storage.base import Storage
+
+log = logging.getLogger("vaultd.core")
+
+SEAL_CONFIG = "core/seal-config"
+ROOT_KEY = "core/root-key"
+KEYRING = "core/keyring"
+STORED_KEY = "core/stored-key"
+
+COMMIT_DATE = "2026-11-28T00:00:00Z"
+
+
+@dataclass
+class SealConfig:
+    """What is known about the seal before unsealing."""
+
+    type: str
+    secret_shares: int
+    secret_threshold: int
+    recovery_shares: int = 0
+    recovery_threshold: int = 0
+    break_glass: bool = False
+    cluster_id: str = ""
+    cluster_name: str = ""
+    share_salt: str = ""
+    share_hashes: list[str] = field(default_factory=list)
+    """sha256(salt || share) of every share that can unseal, so a share from
+    another server is refused when it is submitted, not after the threshold."""
+
+    @property
+    def recovery_seal(self) -> bool:
+        return self.type != "shamir"
+
+    @property
+    def unseal_shares(self) -> int:
+        """How many shares exist that can unseal (0: none, auto seal only)."""
+        if not self.recovery_seal:
+            return self.secret_shares
+        return self.recovery_shares if self.break_glass else 0
+
+    @property
+    def unseal_threshold(self) -> int:
+        return self.recovery_threshold if self.recovery_seal else self.secret_threshold
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.__dict__, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, blob: bytes) -> SealConfig:
+        raw = json.loads(blob)
+        return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class InitRequest:
+    secret_shares: int = 0
+    secret_threshold: int = 0
+    recovery_shares: int = 0
+    recovery_threshold: int = 0
+    break_glass: bool = False
+
+
+class Lifecycle:
+    """The seal state machine of one worker process, over the shared state."""
+
+    def __init__(
+        self,
+        physical: Storage,
+        shared: SharedSealState,
+        *,
+        seal: AutoSeal | None,
+        seal_type: str = "shamir",
+        cluster_name: str = "",
+        storage_type: str = "inmem",
+        on_initialised: Callable[[Barrier, str], str] | None = None,
+    ) -> None:
+        self.physical = physical
+        self.shared = shared
+        self.seal = seal
+        self.seal_type = seal.type if seal else seal_type
+        self.cluster_name = cluster_name
+        self.storage_type = storage_type
+        self.barrier = Barrier(physical, self._load_keyring)
+        self._on_initialised = on_initialised
+        self._seen_generation = -1
+        self._seen_keyring_epoch = -1
+        self._config: SealConfig | None = None
+        self._config_epoch = -1
+
+    # -- what every request calls first -------------------------------------
+
+    def refresh(self) -> bool:
+        """Bring this worker's barrier in line with the shared state.
+
+        Cheap when nothing changed (two integer loads); returns True when the
+        generation changed, so callers drop their own caches."""
+        generation = self.shared.generation
+        keyring_epoch = self.shared.epoch(EPOCH_KEYRING)
+        if generation == self._seen_generation and keyring_epoch == self._seen_keyring_epoch:
+            return False
+        self._seen_generation = generation
+        self._seen_keyring_epoch = keyring_epoch
+        root_key = self.shared.root_key()
+        if root_key is None:
+            self.barrier.seal()
+        else:
+            self.barrier.unseal(self._decrypt_keyring(root_key))
+        return True
+
+    def require_unsealed(self) -> None:
+        self.refresh()
+        if self.barrier.sealed:
+            raise Sealed()
+
+    # -- reading the state ---------------------------------------------------
+
+    def seal_config(self) -> SealConfig | None:
+        epoch = self.shared.epoch(EPOCH_INIT)
+        if self._config is None or epoch != self._config_epoch:
+            blob = self.physical.get(SEAL_CONFIG)
+            self._config = SealConfig.from_json(blob) if blob else None
+            self._config_epoch = epoch
+        return self._config
+
+    @property
+    def initialized(self) -> bool:
+        return self.seal_config() is not None
+
+    def seal_status(self) -> dict[str, Any]:
+        self.refresh()
+        config = self.seal_config()
+        with self.shared.locked():
+            progress = len(self.shared.parts())
+            nonce = self.shared.nonce()
+        sealed = self.barrier.sealed
+        status: dict[str, Any] = {
+            "type": config.type if config else self.seal_type,
+            "initialized": config is not None,
+            "sealed": sealed,
+            "t": config.unseal_threshold if config else 0,
+            "n": (config.recovery_shares if config.recovery_seal else config.secret_shares) if config else 0,
+            "progress": progress,
+            "nonce": nonce,
+            "recovery_seal": config.recovery_seal if config else self.seal is not None,
+            "version": __version__,
+            "commit_date": COMMIT_DATE,
+            "migration": False,
+        }
+        if config and not sealed:
+            status["cluster_name"] = config.cluster_name
+            status["cluster_id"] = config.cluster_id
+        status["storage_type"] = self.storage_type
+        return status
+
+    # -- init ------------------------------------------------------------------
+
+    def init(self, request: InitRequest) -> dict[str, Any]:
+        auto = self.seal is not None
+        _validate_init(request, auto=auto)
+        with self.physical.lock("core/init"):
+            if self.physical.get(SEAL_CONFIG) is not None:
+                raise BadRequest("Vault is already initialized")
+            kek = aead.generate_key()
+            root_key = aead.generate_key()
+            keyring = Keyring.new()
+            cluster_id = str(uuid.uuid4())
+            config = SealConfig(
+                type=self.seal_type,
+                secret_shares=1 if auto else request.secret_shares,
+                secret_threshold=1 if auto else request.secret_threshold,
+                recovery_shares=request.recovery_shares if auto else 0,
+                recovery_threshold=request.recovery_threshold if auto else 0,
+                break_glass=request.break_glass,
+                cluster_id=cluster_id,
+                cluster_name=self.cluster_name or f"vaultd-cluster-{cluster_id[:8]}",
+            )
+            result: dict[str, Any] = {"keys": [], "keys_base64": []}
+            if auto:
+                assert self.seal is not None
+                try:
+                    stored = self.seal.wrap(kek, {"vaultd:cluster_id": cluster_id})
+                except SealError as exc:
+                    raise BadRequest(f"failed to wrap the unseal key with the {self.seal_type} seal: {exc}") from None
+                self.physical.put(STORED_KEY, stored.to_json())
+                recovery_secret = kek if request.break_glass else aead.generate_key()
+                shares = _make_shares(recovery_secret, request.recovery_shares, request.recovery_threshold)
+                if request.break_glass:
+                    _record_verifiers(config, shares)
+                result["recovery_keys"] = [s.hex() for s in shares]
+                result["recovery_keys_base64"] = [base64.b64encode(s).decode() for s in shares]
+            else:
+                shares = _make_shares(kek, request.secret_shares, request.secret_threshold)
+                _record_verifiers(config, shares)
+                result["keys"] = [s.hex() for s in shares]
+                result["keys_base64"] = [base64.b64encode(s).decode() for s in shares]
+            self.physical.put(ROOT_KEY, aead.encrypt(kek, root_key, ROOT_KEY.encode()))
+            self.physical.put(KEYRING, aead.encrypt(root_key, keyring.to_bytes(), KEYRING.encode()))
+            barrier = Barrier(self.physical, lambda: keyring)
+            barrier.unseal(keyring)
+            root_token = self._on_initialised(barrier, config.cluster_name) if self._on_initialised else ""
+            self.physical.put(SEAL_CONFIG, config.to_json())
+            self.shared.bump_epoch(EPOCH_INIT)
+            result["root_token"] = root_token
+            if auto:
+                # We hold the KEK we have just made: no KMS round trip is
+                # needed for the first unseal.
+                with self.shared.locked():
+                    self.shared.mark_unsealed(root_key)
+        log.info("initialised: seal %s, cluster %s", config.type, config.cluster_id)
+        return result
+
+    # -- unseal ----------------------------------------------------------------
+
+    def submit_share(self, key: bytes) -> dict[str, Any]:
+        """One operator's key share (or, with one share, the whole key)."""
+        config = self.seal_config()
+        if config is None:
+            raise BadRequest("Vault is not initialized")
+        if config.unseal_shares == 0:
+            raise BadRequest(
+                f"this server uses the {config.type} seal and its recovery keys cannot unseal it "
+                "(it was initialised without break_glass); the unsealer agent unseals it"
+            )
+        expected = 32 if config.unseal_shares == 1 else 33
+        if len(key) != expected:
+            raise BadRequest(f"invalid key: expected {expected} bytes, got {len(key)}")
+        if config.unseal_shares > 1 and not _is_known_share(config, key):
+            raise BadRequest("invalid key: this key share does not belong to this server")
+        with self.shared.locked():
+            if not self.shared.unsealed:
+                self._add_share_locked(config, key)
+        return self.seal_status()
+
+    def _add_share_locked(self, config: SealConfig, key: bytes) -> None:
+        parts = self.shared.parts()
+        if any(hmac.compare_digest(p, key) for p in parts):
+            raise BadRequest("this key share was already submitted in this unseal attempt")
+        self.shared.add_part(key)
+        parts.append(key)
+        if len(parts) < config.unseal_threshold:
+            return
+        kek = key if config.unseal_shares == 1 else shamir.combine(parts)
+        try:
+            self._unseal_locked(kek)
+        finally:
+            self.shared.reset_progress()
+
+    def reset_progress(self) -> dict[str, Any]:
+        with self.shared.locked():
+            self.shared.reset_progress()
+        return self.seal_status()
+
+    def submit_unwrapped_key(self, kek: bytes, boot_id: str) -> dict[str, Any]:
+        """The unsealer agent's path: the KEK it had the seal unwrap."""
+        config = self.seal_config()
+        if config is None:
+            raise BadRequest("Vault is not initialized")
+        if not config.recovery_seal:
+            raise BadRequest("this server uses the shamir seal; submit key shares to sys/unseal")
+        with self.shared.locked():
+            if not hmac.compare_digest(boot_id.encode(), self.shared.boot_id.encode()):
+                raise BadRequest("boot_id does not match: the daemon restarted, read sys/vaultd/state again")
+            if not self.shared.unsealed:
+                if self.shared.sealed_by_operator:
+                    raise BadRequest(
+                        "sealed by an operator: this run of the daemon is not auto-unsealed again; restart it"
+                    )
+                if len(kek) != 32:
+                    raise BadRequest("invalid key: expected 32 bytes")
+                self._unseal_locked(kek)
+                log.info("unsealed by the unsealer agent")
+        return self.seal_status()
+
+    def stored_key(self) -> StoredKey:
+        config = self.seal_config()
+        if config is None:
+            raise BadRequest("Vault is not initialized")
+        blob = self.physical.get(STORED_KEY)
+        if not config.recovery_seal or blob is None:
+            raise BadRequest("this server has no stored key: it uses the shamir seal")
+        return StoredKey.from_json(blob)
+
+    def _unseal_locked(self, kek: bytes) -> None:
+        blob = self.physical.get(ROOT_KEY)
+        if blob is None:
+            raise BadRequest("Vault is not initialized")
+        try:
+            root_key = aead.decrypt(kek, blob, ROOT_KEY.encode())
+        except aead.AuthenticationError:
+            raise BadRequest("Error unsealing: the key does not decrypt this server's root key") from None
+        self.shared.mark_unsealed(root_key)
+        log.info("unsealed")
+
+    # -- seal ------------------------------------------------------------------
+
+    def seal_now(self, *, by_operator: bool = True) -> None:
+        with self.shared.locked():
+            self.shared.mark_sealed(by_operator=by_operator)
+        self.barrier.seal()
+        log.warning("sealed%s", " by operator request" if by_operator else "")
+
+    # -- keyring ---------------------------------------------------------------
+
+    def rotate(self) -> Keyring:
+        self.require_unsealed()
+        root_key = self.shared.root_key()
+        if root_key is None:
+            raise Sealed()
+        with self.physical.lock("core/keyring"):
+            rotated = self._decrypt_keyring(root_key).rotated()
+            self.physical.put(KEYRING, aead.encrypt(root_key, rotated.to_bytes(), KEYRING.encode()))
+        self.shared.bump_epoch(EPOCH_KEYRING)
+        self.barrier.unseal(rotated)
+        log.info("rotated the barrier keyring to term %d", rotated.active)
+        return rotated
+
+    def _load_keyring(self) -> Keyring:
+        root_key = self.shared.root_key()
+        if root_key is None:
+            raise Sealed()
+        return self._decrypt_keyring(root_key)
+
+    def _decrypt_keyring(self, root_key: bytes) -> Keyring:
+        blob = self.physical.get(KEYRING)
+        if blob is None:
+            raise Sealed("the keyring is missing from storage")
+        return Keyring.from_bytes(aead.decrypt(root_key, blob, KEYRING.encode()))
+
+
+def _validate_init(request: InitRequest, *, auto: bool) -> None:
+    if auto:
+        if request.secret_shares or request.secret_threshold:
+            raise BadRequest("parameters secret_shares,secret_threshold not applicable to seal type awskms")
+        _validate_shares(request.recovery_shares, request.recovery_threshold, "recovery seal configuration")
+    else:
+        if request.recovery_shares or request.recovery_threshold:
+            raise BadRequest("parameters recovery_shares,recovery_threshold not applicable to seal type shamir")
+        if request.break_glass:
+            raise BadRequest("break_glass applies only to auto seals (awskms)")
+        _validate_shares(request.secret_shares, request.secret_threshold, "seal configuration")
+
+
+def _validate_shares(shares: int, threshold: int, what: str) -> None:
+    if shares < 1:
+        raise BadRequest(f"invalid {what}: shares must be at least one")
+    if threshold < 1:
+        raise BadRequest(f"invalid {what}: threshold must be at least one")
+    if shares > 255:
+        raise BadRequest(f"invalid {what}: shares must be less than 256")
+    if threshold > shares:
+        raise BadRequest(f"invalid {what}: threshold cannot be larger than shares")
+    if shares > 1 and threshold == 1:
+        raise BadRequest(f"invalid {what}: threshold must be greater than one for multiple shares")
+
+
+def _make_shares(secret: bytes, shares: int, threshold: int) -> list[bytes]:
+    if shares == 1:
+        return [secret]
+    return shamir.split(secret, shares, threshold)
+
+
+def _share_hash(salt: bytes, share: bytes) -> str:
+    return hashlib.sha256(salt + share).hexdigest()
+
+
+def _record_verifiers(config: SealConfig, shares: list[bytes]) -> None:
+    if len(shares) < 2:
+        return
+    salt = secrets.token_bytes(32)
+    config.share_salt = base64.b64encode(salt).decode()
+    config.share_hashes = [_share_hash(salt, s) for s in shares]
+
+
+def _is_known_share(config: SealConfig, share: bytes) -> bool:
+    if not config.share_hashes:
+        return True
+    digest = _share_hash(base64.b64decode(config.share_salt), share)
+    found = False
+    for known in config.share_hashes:
+        found |= hmac.compare_digest(known, digest)
+    return found

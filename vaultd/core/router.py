@@ -1,0 +1,209 @@
+"""The mount table and routing a path to the engine mounted there.
+
+The table lives inside the barrier (``core/mounts``).  Each worker keeps the
+parsed table and its engine objects until another worker changes the table,
+which it learns from the shared mounts epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from vaultd.engines.base import Engine, MountSettings
+from vaultd.engines.kv import create_kv
+from vaultd.errors import BadRequest
+from vaultd.storage.base import Storage
+from vaultd.storage.view import StorageView
+
+MOUNTS_KEY = "core/mounts"
+RESERVED = ("sys/", "auth/", "cubbyhole/", "identity/")
+ENGINE_FACTORIES: dict[str, Callable[[Storage, MountSettings], Engine]] = {"kv": create_kv}
+TYPE_ALIASES = {"kv-v2": ("kv", "2"), "kv-v1": ("kv", "1"), "generic": ("kv", "1")}
+_BUILTIN_VERSION = "v0.1.0+builtin.vaultd"
+
+
+@dataclass
+class MountEntry:
+    path: str
+    type: str
+    uuid: str
+    accessor: str
+    description: str = ""
+    options: dict[str, str] = field(default_factory=dict)
+    default_lease_ttl: int = 0
+    max_lease_ttl: int = 0
+    local: bool = False
+    seal_wrap: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        """The entry as ``sys/mounts`` lists it."""
+        return {
+            "accessor": self.accessor,
+            "config": {
+                "default_lease_ttl": self.default_lease_ttl,
+                "force_no_cache": False,
+                "max_lease_ttl": self.max_lease_ttl,
+            },
+            "description": self.description,
+            "external_entropy_access": False,
+            "local": self.local,
+            "options": dict(self.options) if self.options else ({} if self.type == "kv" else None),
+            "plugin_version": "",
+            "running_plugin_version": _BUILTIN_VERSION,
+            "running_sha256": "",
+            "seal_wrap": self.seal_wrap,
+            "type": self.type,
+            "uuid": self.uuid,
+        }
+
+
+SYSTEM_MOUNT = MountEntry(
+    path="sys/",
+    type="system",
+    uuid="00000000-0000-0000-0000-000000000001",
+    accessor="system_00000001",
+    description="system endpoints used for control, policy and debugging",
+    seal_wrap=True,
+)
+TOKEN_AUTH_MOUNT = MountEntry(
+    path="token/",
+    type="token",
+    uuid="00000000-0000-0000-0000-000000000002",
+    accessor="auth_token_00000002",
+    description="token based credentials",
+)
+
+
+def new_mount(path: str, type_: str, *, description: str = "", options: dict[str, str] | None = None) -> MountEntry:
+    mount_type, version = TYPE_ALIASES.get(type_, (type_, ""))
+    opts = dict(options or {})
+    if version:
+        opts["version"] = version
+    if mount_type not in ENGINE_FACTORIES:
+        raise BadRequest(f"plugin not found in the catalog: {type_}")
+    if mount_type == "kv" and opts.get("version", "1") not in ("1", "2"):
+        raise BadRequest(f"invalid kv version {opts.get('version')!r}: must be 1 or 2")
+    return MountEntry(
+        path=path,
+        type=mount_type,
+        uuid=str(uuid.uuid4()),
+        accessor=f"{mount_type}_{secrets.token_hex(4)}",
+        description=description,
+        options=opts,
+    )
+
+
+def normalise_mount_path(path: str) -> str:
+    path = path.strip("/")
+    if not path:
+        raise BadRequest("missing mount path")
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        raise BadRequest(f"invalid mount path {path!r}")
+    return path + "/"
+
+
+class Router:
+    """Mount table plus engines, for one worker, over the barrier."""
+
+    def __init__(self, barrier: Storage, *, system_default_ttl: int, system_max_ttl: int) -> None:
+        self.barrier = barrier
+        self.system_default_ttl = system_default_ttl
+        self.system_max_ttl = system_max_ttl
+        self._table: dict[str, MountEntry] | None = None
+        self._engines: dict[str, Engine] = {}
+
+    def invalidate(self) -> None:
+        self._table = None
+        self._engines = {}
+
+    # -- the table ---------------------------------------------------------------
+
+    def table(self) -> dict[str, MountEntry]:
+        if self._table is None:
+            blob = self.barrier.get(MOUNTS_KEY)
+            raw = json.loads(blob) if blob else []
+            self._table = {m["path"]: MountEntry(**m) for m in raw}
+        return self._table
+
+    def _save(self, table: dict[str, MountEntry]) -> None:
+        self.barrier.put(MOUNTS_KEY, json.dumps([asdict(m) for m in table.values()]).encode())
+        self.invalidate()
+
+    def mount(self, entry: MountEntry) -> None:
+        if entry.path.startswith(RESERVED) or entry.path in RESERVED:
+            raise BadRequest(f"cannot mount under reserved path {entry.path.split('/')[0]}/")
+        with self.barrier.lock(MOUNTS_KEY):
+            self.invalidate()
+            table = dict(self.table())
+            for existing in table:
+                if entry.path.startswith(existing) or existing.startswith(entry.path):
+                    raise BadRequest(f"path is already in use at {existing}")
+            table[entry.path] = entry
+            self._save(table)
+
+    def unmount(self, path: str) -> None:
+        with self.barrier.lock(MOUNTS_KEY):
+            self.invalidate()
+            table = dict(self.table())
+            entry = table.pop(path, None)
+            if entry is None:
+                return
+            self._save(table)
+        _delete_tree(StorageView(self.barrier, f"logical/{entry.uuid}/"), "")
+
+    def tune(self, path: str, changes: dict[str, Any]) -> None:
+        with self.barrier.lock(MOUNTS_KEY):
+            self.invalidate()
+            table = dict(self.table())
+            entry = table.get(path)
+            if entry is None:
+                raise BadRequest(f"no mount at {path}")
+            for key, value in changes.items():
+                if key == "options":
+                    version = value.get("version")
+                    if version is not None and version != entry.options.get("version", "1"):
+                        raise BadRequest("changing the kv version of a mount is not supported")
+                    entry.options.update({k: v for k, v in value.items() if k != "version"})
+                else:
+                    setattr(entry, key, value)
+            self._save(table)
+
+    # -- routing ------------------------------------------------------------------
+
+    def route(self, path: str) -> tuple[MountEntry, str] | None:
+        """The mount serving ``path`` and the path relative to it."""
+        table = self.table()
+        candidate = path if path.endswith("/") else path + "/"
+        best: MountEntry | None = None
+        for mount_path, entry in table.items():
+            if candidate.startswith(mount_path) and (best is None or len(mount_path) > len(best.path)):
+                best = entry
+        if best is None:
+            return None
+        return best, path[len(best.path):]
+
+    def engine(self, entry: MountEntry) -> Engine:
+        engine = self._engines.get(entry.path)
+        if engine is None:
+            settings = MountSettings(
+                path=entry.path,
+                options=dict(entry.options),
+                default_lease_ttl=entry.default_lease_ttl,
+                system_default_lease_ttl=self.system_default_ttl,
+            )
+            view = StorageView(self.barrier, f"logical/{entry.uuid}/")
+            engine = self._engines[entry.path] = ENGINE_FACTORIES[entry.type](view, settings)
+        return engine
+
+
+def _delete_tree(storage: Storage, prefix: str) -> None:
+    for child in storage.list(prefix):
+        if child.endswith("/"):
+            _delete_tree(storage, prefix + child)
+        else:
+            storage.delete(prefix + child)

@@ -1,0 +1,206 @@
+"""The seal state every gunicorn worker shares.
+
+An unseal request lands on one worker, yet every worker (and every worker the
+master forks later to replace a dead one) must serve unsealed at once.  So the
+state lives in an anonymous ``MAP_SHARED`` mapping that the master creates
+before it forks: the root key, a generation number bumped on every seal and
+unseal, the boot id, the pending unseal shares, and a few epoch counters that
+tell workers when to drop their caches.
+
+The mapping is locked in RAM (no swap) and excluded from core dumps.  Writers
+serialise with a POSIX record lock on a file inherited from the master (it is
+released by the kernel if the holder dies, so a ``kill -9`` never wedges the
+other workers) plus a per-process thread lock, since record locks do not
+exclude threads of one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import fcntl
+import logging
+import mmap
+import os
+import struct
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+log = logging.getLogger("vaultd.seal_state")
+
+_MAGIC = 0x76617564  # "vaud"
+_HEADER = struct.Struct("<IIQI4x16s32s16sHH4xd")
+# magic, layout version, generation, flags, boot id, root key, unseal nonce,
+# part count, part length, time of the last unseal
+_EPOCHS_OFFSET = 128
+_EPOCH_COUNT = 8
+_PARTS_OFFSET = _EPOCHS_OFFSET + 8 * _EPOCH_COUNT
+MAX_PART_LEN = 64
+MAX_PARTS = 255
+_SIZE = mmap.PAGESIZE * ((_PARTS_OFFSET + MAX_PARTS * MAX_PART_LEN) // mmap.PAGESIZE + 1)
+
+FLAG_UNSEALED = 1
+FLAG_SEALED_BY_OPERATOR = 2
+
+# Epoch slots: a worker that sees one change drops the matching cache.
+EPOCH_KEYRING = 0
+EPOCH_MOUNTS = 1
+EPOCH_TOKENS = 2
+EPOCH_INIT = 3
+
+
+class SharedSealState:
+    """See the module docstring.  Create it once, in the master, before forking."""
+
+    def __init__(self, region: mmap.mmap, lock_fd: int) -> None:
+        self._mm = region
+        self._lock_fd = lock_fd
+        self._thread_lock = threading.Lock()
+        self._thread_lock_pid = os.getpid()
+
+    @classmethod
+    def create(cls, *, lock_memory: bool = True) -> SharedSealState:
+        region = mmap.mmap(-1, _SIZE, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_ANONYMOUS", 0x20))
+        _protect(region, lock_memory=lock_memory)
+        fd, name = tempfile.mkstemp(prefix="vaultd-seal-lock-")
+        os.unlink(name)
+        state = cls(region, fd)
+        _HEADER.pack_into(
+            region, 0, _MAGIC, 1, 0, 0, uuid.uuid4().bytes, bytes(32), bytes(16), 0, 0, 0.0
+        )
+        return state
+
+    # -- locking -------------------------------------------------------------
+
+    def _local_lock(self) -> threading.Lock:
+        # A lock copied by fork may have been held by another thread of the
+        # parent at that moment; a fresh one per process avoids inheriting it.
+        if self._thread_lock_pid != os.getpid():
+            self._thread_lock = threading.Lock()
+            self._thread_lock_pid = os.getpid()
+        return self._thread_lock
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        with self._local_lock():
+            fcntl.lockf(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.lockf(self._lock_fd, fcntl.LOCK_UN)
+
+    # -- reads (single aligned loads; good enough without the lock) ---------
+
+    def _header(self) -> tuple:
+        return _HEADER.unpack_from(self._mm, 0)
+
+    @property
+    def generation(self) -> int:
+        return struct.unpack_from("<Q", self._mm, 8)[0]
+
+    @property
+    def flags(self) -> int:
+        return struct.unpack_from("<I", self._mm, 16)[0]
+
+    @property
+    def unsealed(self) -> bool:
+        return bool(self.flags & FLAG_UNSEALED)
+
+    @property
+    def sealed_by_operator(self) -> bool:
+        return bool(self.flags & FLAG_SEALED_BY_OPERATOR)
+
+    @property
+    def boot_id(self) -> str:
+        return str(uuid.UUID(bytes=bytes(self._mm[24:40])))
+
+    @property
+    def unsealed_at(self) -> float:
+        return self._header()[9]
+
+    def root_key(self) -> bytes | None:
+        """The root key while unsealed.  Callers keep it no longer than needed."""
+        with self.locked():
+            if not self.flags & FLAG_UNSEALED:
+                return None
+            return bytes(self._mm[40:72])
+
+    def epoch(self, slot: int) -> int:
+        return struct.unpack_from("<Q", self._mm, _EPOCHS_OFFSET + 8 * slot)[0]
+
+    def bump_epoch(self, slot: int) -> None:
+        with self.locked():
+            offset = _EPOCHS_OFFSET + 8 * slot
+            struct.pack_into("<Q", self._mm, offset, struct.unpack_from("<Q", self._mm, offset)[0] + 1)
+
+    # -- transitions (callers hold ``locked()``) -----------------------------
+
+    def _set(self, *, flags: int, root_key: bytes, unsealed_at: float) -> None:
+        struct.pack_into("<Q", self._mm, 8, self.generation + 1)
+        struct.pack_into("<I", self._mm, 16, flags)
+        self._mm[40:72] = root_key
+        struct.pack_into("<d", self._mm, 96, unsealed_at)
+        self._clear_parts()
+
+    def mark_unsealed(self, root_key: bytes) -> None:
+        if len(root_key) != 32:
+            raise ValueError("root key must be 32 bytes")
+        self._set(flags=FLAG_UNSEALED, root_key=root_key, unsealed_at=time.time())
+
+    def mark_sealed(self, *, by_operator: bool) -> None:
+        self._set(flags=FLAG_SEALED_BY_OPERATOR if by_operator else 0, root_key=bytes(32), unsealed_at=0.0)
+
+    # -- unseal progress (callers hold ``locked()``) -------------------------
+
+    def parts(self) -> list[bytes]:
+        count, length = struct.unpack_from("<HH", self._mm, 88)
+        return [
+            bytes(self._mm[_PARTS_OFFSET + i * MAX_PART_LEN : _PARTS_OFFSET + i * MAX_PART_LEN + length])
+            for i in range(count)
+        ]
+
+    def nonce(self) -> str:
+        raw = bytes(self._mm[72:88])
+        return "" if raw == bytes(16) else str(uuid.UUID(bytes=raw))
+
+    def add_part(self, part: bytes) -> None:
+        count, length = struct.unpack_from("<HH", self._mm, 88)
+        if len(part) > MAX_PART_LEN or count >= MAX_PARTS:
+            raise ValueError("unseal part does not fit")
+        if count == 0:
+            self._mm[72:88] = uuid.uuid4().bytes
+        elif len(part) != length:
+            raise ValueError("unseal part length differs from the parts before it")
+        offset = _PARTS_OFFSET + count * MAX_PART_LEN
+        self._mm[offset : offset + len(part)] = part
+        struct.pack_into("<HH", self._mm, 88, count + 1, len(part))
+
+    def _clear_parts(self) -> None:
+        self._mm[_PARTS_OFFSET : _PARTS_OFFSET + MAX_PARTS * MAX_PART_LEN] = bytes(MAX_PARTS * MAX_PART_LEN)
+        self._mm[72:88] = bytes(16)
+        struct.pack_into("<HH", self._mm, 88, 0, 0)
+
+    def reset_progress(self) -> None:
+        self._clear_parts()
+
+
+def _protect(region: mmap.mmap, *, lock_memory: bool) -> None:
+    """Keep the region out of core dumps and, if allowed, out of swap."""
+    if hasattr(mmap, "MADV_DONTDUMP"):
+        region.madvise(mmap.MADV_DONTDUMP)
+    if not lock_memory:
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    buf = (ctypes.c_char * len(region)).from_buffer(region)
+    if libc.mlock(ctypes.addressof(buf), ctypes.c_size_t(len(region))) != 0:
+        err = ctypes.get_errno()
+        log.warning(
+            "could not lock the seal state in memory (%s); set disable_mlock = true "
+            "or grant CAP_IPC_LOCK to silence this",
+            os.strerror(err),
+        )
+    del buf

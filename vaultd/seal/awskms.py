@@ -1,0 +1,301 @@
+"""The ``awskms`` auto seal: the KEK wrapped by an AWS KMS symmetric key.
+
+The daemon calls :meth:`AwsKmsSeal.describe_key` and :meth:`AwsKmsSeal.wrap`
+(``kms:DescribeKey``, ``kms:Encrypt``) only when it makes a new KEK; the
+unsealer agent calls :meth:`AwsKmsSeal.unwrap` (``kms:Decrypt``) at every
+start of the daemon.  Nothing here retries: botocore is told to make a single
+attempt so that the agent's own backoff is the only retry loop, and every
+failure becomes a :class:`~vaultd.seal.base.SealError` that says whether
+retrying can help.
+
+Settings are read the way Vault's awskms seal documents them, with the config
+stanza taking precedence over the environment (the issue's rule: environment
+variables fill in fields that are absent).  Vault itself lets
+``VAULT_AWSKMS_SEAL_KEY_ID`` and ``AWS_KMS_ENDPOINT`` override the file; we do
+not, so that what the file says is what runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import boto3
+import botocore.credentials
+import botocore.exceptions
+from botocore.config import Config
+
+from vaultd.seal.base import AutoSeal, SealError, StoredKey
+
+DEFAULT_REGION = "us-east-1"
+"""Vault's fallback when neither the config, the environment nor an AWS
+profile names a region."""
+
+CONNECT_TIMEOUT = 5.0
+READ_TIMEOUT = 10.0
+
+OPTION_KEYS = frozenset(
+    {"region", "access_key", "secret_key", "session_token", "kms_key_id", "endpoint"}
+)
+
+# Errors that no amount of waiting fixes: the key, the ciphertext or the
+# credentials are wrong, and only an operator can change that.
+PERMANENT_CODES = frozenset(
+    {
+        "AccessDeniedException",
+        "IncorrectKeyException",
+        "InvalidCiphertextException",
+        "DisabledException",
+        "NotFoundException",
+        "KMSInvalidStateException",
+        "InvalidKeyUsageException",
+        "InvalidGrantTokenException",
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+        "SignatureDoesNotMatch",
+        "InvalidSignatureException",
+        "IncompleteSignature",
+        "MissingAuthenticationToken",
+        "ValidationException",
+        "NoCredentialsError",
+        "PartialCredentialsError",
+    }
+)
+
+# Faults of the service or its neighbourhood that heal by themselves.
+RETRYABLE_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "KMSInternalException",
+        "DependencyTimeoutException",
+        "KeyUnavailableException",
+        "CloudHsmClusterNotActiveException",
+        "CustomKeyStoreInvalidStateException",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "InternalFailure",
+        "InternalError",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "PriorRequestNotComplete",
+        # Clock skew: at boot the clock may be wrong until NTP has synced.
+        "RequestExpired",
+        "RequestTimeTooSkewed",
+        "RequestInTheFuture",
+        # Credentials fetched from a provider (instance role, container,
+        # credential_process) failed to load; such providers are flaky at boot.
+        "CredentialRetrievalError",
+    }
+)
+
+# KMS reports clock skew as InvalidSignatureException, distinguishable only by
+# its message; a bad secret key gives the same code with another message.
+_CLOCK_SKEW_HINTS = ("signature expired", "signature not yet current")
+
+
+class AwsKmsConfigError(ValueError):
+    """The seal stanza (or the environment filling it) cannot work as given."""
+
+
+def _first(*values: object) -> str:
+    for value in values:
+        if value is not None and str(value).strip() != "":
+            return str(value).strip()
+    return ""
+
+
+class AwsKmsSeal(AutoSeal):
+    """Wraps and unwraps the KEK with one KMS key.
+
+    The boto3 client is made once and kept, so that credentials from a
+    refreshing provider (instance role, container role) are refreshed by
+    botocore between attempts rather than fetched anew each time.
+    """
+
+    type = "awskms"
+
+    def __init__(
+        self,
+        options: Mapping[str, object] | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        read_timeout: float = READ_TIMEOUT,
+    ) -> None:
+        """Build from a ``seal "awskms"`` stanza's options, filling absent
+        fields from the environment as Vault's documentation lists them.
+        Credentials the stanza does not give are left to boto3's default chain
+        (environment, shared files, container and instance roles).  No KMS
+        call is made here: the daemon must start even when KMS is down."""
+        options = options or {}
+        env = os.environ if environ is None else environ
+        kms_key_id = _first(
+            options.get("kms_key_id"),
+            env.get("VAULT_AWSKMS_SEAL_KEY_ID"),
+            env.get("AWSKMS_WRAPPER_KEY_ID"),
+        )
+        region = _first(
+            options.get("region"), env.get("AWS_REGION"), env.get("AWS_DEFAULT_REGION")
+        )
+        access_key = _first(options.get("access_key"))
+        secret_key = _first(options.get("secret_key"))
+        session_token = _first(options.get("session_token"))
+        endpoint = _first(options.get("endpoint"), env.get("AWS_KMS_ENDPOINT"))
+        if not kms_key_id:
+            raise AwsKmsConfigError(
+                "awskms seal: kms_key_id is not set (config or VAULT_AWSKMS_SEAL_KEY_ID)"
+            )
+        if bool(access_key) != bool(secret_key):
+            raise AwsKmsConfigError(
+                "awskms seal: access_key and secret_key must be given together"
+            )
+        if endpoint and "://" not in endpoint:
+            raise AwsKmsConfigError(
+                f"awskms seal: endpoint {endpoint!r} needs a scheme (https://...)"
+            )
+        self._session = boto3.session.Session(
+            aws_access_key_id=access_key or None,
+            aws_secret_access_key=secret_key or None,
+            aws_session_token=(session_token or None) if access_key else None,
+        )
+        self.kms_key_id = kms_key_id
+        self.region = region or self._session.region_name or DEFAULT_REGION
+        self.endpoint = endpoint
+        config = Config(
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            # One attempt per call: the agent's backoff is the only retry
+            # loop, so delays stay what the operator configured.
+            retries={"total_max_attempts": 1, "mode": "standard"},
+        )
+        try:
+            self._client = self._session.client(
+                "kms", region_name=self.region, endpoint_url=endpoint or None, config=config
+            )
+        except (ValueError, botocore.exceptions.BotoCoreError) as exc:
+            raise AwsKmsConfigError(f"awskms seal: {exc}") from None
+
+    def __repr__(self) -> str:
+        return (
+            f"AwsKmsSeal(kms_key_id={self.kms_key_id!r}, region={self.region!r}, "
+            f"endpoint={self.endpoint!r})"
+        )
+
+    @property
+    def endpoint_url(self) -> str:
+        """Where requests go: the configured endpoint or AWS's regional one."""
+        return str(self._client.meta.endpoint_url)
+
+    @property
+    def credentials_refresh(self) -> bool:
+        """Whether botocore can get new credentials by itself (role-based)."""
+        creds = self._session.get_credentials()
+        return isinstance(creds, botocore.credentials.RefreshableCredentials)
+
+    def describe_key(self) -> str:
+        """The key's ARN, after checking that it can wrap a KEK at all.
+
+        The daemon calls this at init so that a typo in ``kms_key_id`` or an
+        asymmetric or disabled key is reported before any KEK is made."""
+        meta = self._call("DescribeKey", KeyId=self.kms_key_id)["KeyMetadata"]
+        arn = str(meta.get("Arn", ""))
+        state = str(meta.get("KeyState", "Enabled"))
+        if state == "Disabled":
+            raise SealError(f"KMS key {arn} is disabled", code="DisabledException", permanent=True)
+        if state != "Enabled":
+            raise SealError(
+                f"KMS key {arn} is in state {state}", code="KMSInvalidStateException", permanent=True
+            )
+        usage = str(meta.get("KeyUsage", "ENCRYPT_DECRYPT"))
+        spec = str(meta.get("KeySpec", meta.get("CustomerMasterKeySpec", "SYMMETRIC_DEFAULT")))
+        if usage != "ENCRYPT_DECRYPT" or spec != "SYMMETRIC_DEFAULT":
+            raise SealError(
+                f"KMS key {arn} is {spec}/{usage}; a SYMMETRIC_DEFAULT ENCRYPT_DECRYPT key is needed",
+                code="InvalidKeyUsageException",
+                permanent=True,
+            )
+        return arn
+
+    def wrap(self, kek: bytes, context: dict[str, str]) -> StoredKey:
+        if not isinstance(kek, (bytes, bytearray)) or not 1 <= len(kek) <= 4096:
+            # Checked here so botocore's parameter validation, whose message
+            # quotes the value, never sees a bad one.
+            raise SealError("KEK must be 1 to 4096 bytes", code="InvalidKek", permanent=True)
+        params: dict[str, object] = {"KeyId": self.kms_key_id, "Plaintext": bytes(kek)}
+        if context:
+            params["EncryptionContext"] = dict(context)
+        response = self._call("Encrypt", **params)
+        return StoredKey(
+            seal_type=self.type,
+            ciphertext=response["CiphertextBlob"],
+            key_id=str(response["KeyId"]),
+            encryption_context=dict(context),
+        )
+
+    def unwrap(self, stored: StoredKey) -> bytes:
+        """Decrypt with the key and context recorded at wrap time.
+
+        Naming the key (rather than letting KMS read it from the ciphertext)
+        makes KMS refuse with IncorrectKeyException instead of decrypting
+        with some other key the caller happens to be allowed to use."""
+        if stored.seal_type != self.type:
+            raise SealError(
+                f"stored key was made by the {stored.seal_type!r} seal, not awskms",
+                code="UnsupportedSealType",
+                permanent=True,
+            )
+        if not stored.ciphertext:
+            raise SealError("stored key has no ciphertext", code="InvalidCiphertextException", permanent=True)
+        params: dict[str, object] = {
+            "CiphertextBlob": stored.ciphertext,
+            "KeyId": stored.key_id or self.kms_key_id,
+        }
+        if stored.encryption_context:
+            params["EncryptionContext"] = dict(stored.encryption_context)
+        return self._call("Decrypt", **params)["Plaintext"]
+
+    def _call(self, operation: str, **params: object) -> dict[str, Any]:
+        method = getattr(self._client, botocore.xform_name(operation))
+        try:
+            return method(**params)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            # "from None": botocore exceptions can quote request parameters.
+            raise self.classify(operation, exc) from None
+
+    def classify(self, operation: str, exc: Exception) -> SealError:
+        """Turn a botocore failure into a SealError with the KMS error code."""
+        if isinstance(exc, botocore.exceptions.ClientError):
+            error = exc.response.get("Error", {})
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            code = str(error.get("Code") or status or "UnknownError")
+            message = str(error.get("Message") or "")
+            permanent = self._client_error_is_permanent(code, message, status)
+            detail = f"{code}: {message}" if message else code
+            return SealError(f"KMS {operation} failed: {detail}", code=code, permanent=permanent)
+        code = type(exc).__name__
+        if isinstance(exc, botocore.exceptions.ParamValidationError):
+            return SealError(
+                f"KMS {operation} failed: invalid request parameters", code=code, permanent=True
+            )
+        if isinstance(exc, (botocore.exceptions.HTTPClientError, botocore.exceptions.ConnectionError)):
+            return SealError(f"KMS {operation} failed: {exc}", code=code, permanent=False)
+        return SealError(
+            f"KMS {operation} failed: {exc}", code=code, permanent=code not in RETRYABLE_CODES
+        )
+
+    def _client_error_is_permanent(self, code: str, message: str, status: int) -> bool:
+        if code == "ExpiredTokenException" or code == "ExpiredToken":
+            # Role credentials are refreshed by botocore before the next
+            # attempt; a static session token from the config never will be.
+            return not self.credentials_refresh
+        if code == "InvalidSignatureException" and any(
+            hint in message.lower() for hint in _CLOCK_SKEW_HINTS
+        ):
+            return False
+        if code in PERMANENT_CODES:
+            return True
+        return not (code in RETRYABLE_CODES or status == 429 or status >= 500)

@@ -1,0 +1,52 @@
+"""A storage that is a prefix of another one.
+
+Engines get a view of the barrier under their mount's prefix and nothing
+else: the view checks every key itself (rather than trusting the backend
+underneath, which may be the permissive in-memory one), so no key an engine
+can form, ``..`` included, reaches outside the prefix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from vaultd.storage.base import Storage
+from vaultd.storage.keys import split_key, split_prefix
+
+
+class StorageView(Storage):
+    def __init__(self, inner: Storage, prefix: str) -> None:
+        if not prefix:
+            raise ValueError("a storage view needs a non-empty prefix")
+        split_prefix(prefix)
+        self._inner = inner
+        self._prefix = prefix
+
+    def __repr__(self) -> str:
+        return f"StorageView({self._inner!r}, {self._prefix!r})"
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    def _key(self, key: str) -> str:
+        split_key(key)
+        return self._prefix + key
+
+    def get(self, key: str) -> bytes | None:
+        return self._inner.get(self._key(key))
+
+    def put(self, key: str, value: bytes) -> None:
+        self._inner.put(self._key(key), value)
+
+    def delete(self, key: str) -> None:
+        self._inner.delete(self._key(key))
+
+    def list(self, prefix: str) -> list[str]:
+        split_prefix(prefix)
+        return self._inner.list(self._prefix + prefix)
+
+    def lock(self, name: str = "") -> contextlib.AbstractContextManager[None]:
+        """Prefixed like keys, so views of different mounts never contend;
+        a view's ``lock("")`` is its whole prefix, not the whole storage."""
+        return self._inner.lock(self._prefix + name)
