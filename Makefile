@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml | system-deps
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/vaultd server --dev
+	$(PY) -m vaultd.dev.stack
 
-dev: run
+dev: $(STAMP)
+	$(VENV)/bin/vaultd server --dev
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,154 @@
+"""``make run``: the whole auto-unsealing stack on one machine.
+
+Starts a KMS emulator (moto, key kept in ``.vaultd/kms-dev-key.json``),
+``vaultd server`` with ``seal "awskms"`` and file storage in ``.vaultd/data``,
+and ``vaultd-unsealer``.  On the first run it initialises the server and
+keeps the recovery keys and root token in ``.vaultd/init.json`` (0600).
+Ctrl-C stops everything; the next run comes back unsealed with the same data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from vaultd.dev import kms
+
+CONFIG = """\
+# Written by `make run` on every start; edit vaultd/dev/stack.py instead.
+storage "file" {{
+  path = "{data}"
+}}
+
+listener "tcp" {{
+  address     = "{address}"
+  tls_disable = true
+}}
+
+seal "awskms" {{
+  region     = "{region}"
+  access_key = "{access_key}"
+  secret_key = "{secret_key}"
+  kms_key_id = "{key_id}"
+  endpoint   = "{endpoint}"
+}}
+
+unsealer {{
+  address = "http://{address}"
+}}
+
+disable_mlock = true
+log_level     = "info"
+"""
+
+
+def _port(preferred: int) -> int:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+        except OSError:
+            sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait(url: str, *, seconds: float = 30.0) -> dict:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return requests.get(url, timeout=2).json()
+        except (requests.RequestException, ValueError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", default=".vaultd", help="state directory (default .vaultd)")
+    parser.add_argument("--port", type=int, default=8200, help="preferred port (default 8200)")
+    args = parser.parse_args(argv)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+
+    state = Path(args.dir).resolve()
+    state.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(state, 0o700)
+    emulator = kms.start(state / "kms-dev-key.json")
+    address = f"127.0.0.1:{_port(args.port)}"
+    config = state / "vaultd.hcl"
+    _write_private(
+        config,
+        CONFIG.format(
+            data=state / "data", address=address, region=kms.REGION, access_key=kms.ACCESS_KEY,
+            secret_key=kms.SECRET_KEY, key_id=kms.ALIAS, endpoint=emulator.endpoint,
+        ),
+    )
+    bindir = Path(sys.executable).parent
+    daemon = subprocess.Popen([str(bindir / "vaultd"), "server", "--config", str(config)])
+    agent = subprocess.Popen([str(bindir / "vaultd-unsealer"), "--config", str(config)])
+    children = [daemon, agent]
+
+    def stop(*_: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        emulator.stop()
+
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    base = f"http://{address}/v1"
+    init_file = state / "init.json"
+    try:
+        status = _wait(f"{base}/sys/seal-status")
+        if not status["initialized"]:
+            response = requests.put(f"{base}/sys/init", json={"recovery_shares": 1, "recovery_threshold": 1},
+                                    timeout=30)
+            response.raise_for_status()
+            _write_private(init_file, json.dumps(response.json(), indent=2) + "\n")
+            print(f"initialised; recovery key and root token saved in {init_file} (mode 0600)", flush=True)
+        deadline = time.monotonic() + 60
+        while _wait(f"{base}/sys/seal-status")["sealed"]:
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                print("vaultd did not unseal; see the log above", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        print(
+            "\nvaultd is up and unsealed.\n\n"
+            f"    export VAULT_ADDR=http://{address}\n"
+            f"    export VAULT_TOKEN=$(python3 -c 'import json;print(json.load(open(\"{init_file}\"))[\"root_token\"])')\n"
+            "    .venv/bin/vaultctl status\n\n"
+            "Ctrl-C stops everything; `make run` again comes back unsealed.\n",
+            flush=True,
+        )
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        print("a process of the stack exited; stopping", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
