@@ -10,13 +10,12 @@ again", not against a sleep).
 
 from __future__ import annotations
 
-import os
+import json
 import re
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +23,8 @@ import pytest
 import requests
 
 from tests.faultproxy import FaultProxy
-from tests.kms_fixtures import KmsKey, free_port, isolated_aws_env
+from tests.integration.support import Server, ServerFactory, wait_for
+from tests.kms_fixtures import KmsKey, isolated_aws_env
 from unsealer import exitcodes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,64 +33,31 @@ STATE = "GET /v1/sys/vaultd/state"
 UNSEAL = "PUT /v1/sys/vaultd/unseal"
 
 
-def wait_for(condition: Callable[[], object], what: str, timeout: float = WAIT) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-@dataclass
 class Daemon:
-    config: Path
-    port: int
-    log: Path
-    process: subprocess.Popen[bytes] | None = None
+    """The lead's :class:`Server` plus what the auto-unseal tests ask of it."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.server.addr
+
+    @property
+    def log(self) -> Path:
+        return self.server.log
 
     def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "vaultd.server", "server", "--config", str(self.config)],
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=isolated_aws_env(),
-                start_new_session=True,  # its own process group, as a systemd unit's cgroup
-            )
-        wait_for(self.answering, "the daemon to answer")
-
-    def answering(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"vaultd exited with {self.process.returncode}: {self.log.read_text()[-2000:]}")
-        try:
-            return requests.get(self.url + "/v1/sys/vaultd/state", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
+        self.server.start()
 
     def state(self) -> dict[str, object]:
         return requests.get(self.url + "/v1/sys/vaultd/state", timeout=5).json()
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        """Signal the whole group (SIGKILL: as systemd does to a unit's cgroup)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, sig)
-        self.process.wait(timeout=WAIT)
-        if sig == signal.SIGTERM:
-            return
-        try:  # after SIGKILL of the group, nothing of it may linger
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        if sig == signal.SIGKILL:
+            self.server.kill_tree()
+        else:
+            self.server.stop()
 
     def restart(self, sig: signal.Signals = signal.SIGTERM) -> str:
         old = self.state()["boot_id"]
@@ -101,11 +68,11 @@ class Daemon:
         return str(new)
 
     def init(self) -> str:
-        response = requests.put(
-            self.url + "/v1/sys/init", json={"recovery_shares": 1, "recovery_threshold": 1}, timeout=30
+        body = self.server.call(
+            "PUT", "sys/init", json_body={"recovery_shares": 1, "recovery_threshold": 1}, timeout=30
         )
-        assert response.status_code == 200, response.text
-        return str(response.json()["root_token"])
+        self.server.known_secrets.extend([*body["recovery_keys"], *body["recovery_keys_base64"], body["root_token"]])
+        return str(body["root_token"])
 
     def unsealed(self) -> bool:
         return self.state()["sealed"] is False
@@ -134,7 +101,7 @@ class AgentProcess:
         return [line for line in self.text().splitlines() if re.search(pattern, line)]
 
     def wait_line(self, pattern: str) -> str:
-        return str(wait_for(lambda: (self.lines(pattern) or [None])[-1], f"agent log line /{pattern}/"))
+        return str(wait_for(lambda: (self.lines(pattern) or [None])[-1], f"agent log line /{pattern}/", timeout=WAIT))
 
     def wait_exit(self) -> int:
         assert self.process is not None
@@ -160,26 +127,21 @@ class Stack:
 
 
 @pytest.fixture
-def stack(tmp_path: Path, kms_key: KmsKey, kms_proxy: FaultProxy) -> Iterator[Stack]:
-    port = free_port()
-    with FaultProxy(f"http://127.0.0.1:{port}") as front:
-        config = tmp_path / "vaultd.hcl"
-        data = tmp_path / "data"
-        config.write_text(
-            f'storage "file" {{\n  path = "{data}"\n}}\n'
-            f'listener "tcp" {{\n  address = "127.0.0.1:{port}"\n  tls_disable = true\n}}\n'
-            + kms_key.seal_hcl(kms_proxy.url)
-            + f'unsealer {{\n  address = "{front.url}"\n  initial_backoff = "100ms"\n'
-            '  max_backoff = "1s"\n  poll_interval = "200ms"\n  timeout = "5s"\n}\n'
-            "disable_mlock = true\nworkers = 2\n"
-        )
-        daemon = Daemon(config, port, tmp_path / "vaultd.log")
-        agent = AgentProcess(config, tmp_path / "agent.log")
+def stack(
+    tmp_path: Path, kms_key: KmsKey, kms_proxy: FaultProxy, server_factory: ServerFactory
+) -> Iterator[Stack]:
+    server = server_factory(workers=2, start=False, extra=kms_key.seal_hcl(kms_proxy.url))
+    with FaultProxy(server.addr) as front:
+        with open(server.config, "a") as config:
+            config.write(
+                f'unsealer {{\n  address = "{front.url}"\n  initial_backoff = "100ms"\n'
+                '  max_backoff = "1s"\n  poll_interval = "200ms"\n  timeout = "5s"\n}\n'
+            )
+        agent = AgentProcess(server.config, tmp_path / "agent.log")
         try:
-            yield Stack(daemon, agent, kms_proxy, front, kms_key)
+            yield Stack(Daemon(server), agent, kms_proxy, front, kms_key)
         finally:
             agent.stop()
-            daemon.stop(signal.SIGKILL)
 
 
 def _initialised(stack: Stack) -> Stack:
@@ -200,7 +162,7 @@ def test_a_restarted_daemon_is_unsealed_again_without_a_human(stack: Stack, sig:
     stack.agent.wait_line(r"is unsealed")
     for _ in range(2):
         boot = stack.daemon.restart(sig)
-        wait_for(stack.daemon.unsealed, "the daemon to be unsealed by the agent")
+        wait_for(stack.daemon.unsealed, "the daemon to be unsealed by the agent", timeout=WAIT)
         line = stack.agent.wait_line(rf"unsealed the daemon \(boot {boot}\) in [0-9.]+ s")
         assert "INFO" in line
     assert stack.kms.count("Decrypt", outcome="forwarded") == 2
@@ -219,7 +181,7 @@ def test_both_start_orders_end_unsealed(stack: Stack, order: str) -> None:
         stack.daemon.start()
         assert not stack.daemon.unsealed()
         stack.agent.start()
-    wait_for(stack.daemon.unsealed, "the daemon to be unsealed")
+    wait_for(stack.daemon.unsealed, "the daemon to be unsealed", timeout=WAIT)
     stack.agent.wait_line(r"unsealed the daemon")
 
 
@@ -232,7 +194,7 @@ def test_data_written_before_a_restart_reads_back(stack: Stack) -> None:
     assert requests.put(url + "/v1/kv/app", json={"password": "hunter2"}, headers=headers, timeout=10).ok
     stack.agent.start()
     stack.daemon.restart()
-    wait_for(stack.daemon.unsealed, "the daemon to be unsealed")
+    wait_for(stack.daemon.unsealed, "the daemon to be unsealed", timeout=WAIT)
     got = requests.get(url + "/v1/kv/app", headers=headers, timeout=10)
     assert got.status_code == 200 and got.json()["data"] == {"password": "hunter2"}
 
@@ -262,7 +224,7 @@ def test_kms_unreachable_at_start_is_retried_with_growing_delays(stack: Stack) -
     for line in stack.agent.lines(r"KMS not available"):
         assert "WARNING" in line
     stack.kms.come_up()
-    wait_for(stack.daemon.unsealed, "the daemon to be unsealed once KMS is back")
+    wait_for(stack.daemon.unsealed, "the daemon to be unsealed once KMS is back", timeout=WAIT)
     stack.agent.wait_line(r"unsealed the daemon")
 
 
@@ -278,7 +240,7 @@ def test_transient_kms_faults_are_retried_then_unsealed(stack: Stack, fault: str
         stack.kms.fail(fault, times=3, operations={"Decrypt"})
     stack.daemon.start()
     stack.agent.start()
-    wait_for(stack.daemon.unsealed, "the daemon to be unsealed")
+    wait_for(stack.daemon.unsealed, "the daemon to be unsealed", timeout=WAIT)
     assert stack.kms.count("Decrypt") == 4
     assert stack.kms.count("Decrypt", outcome="forwarded") == 1
     assert len(stack.agent.lines(r"attempt \d failed: KMS not available")) == 3
@@ -322,12 +284,12 @@ def test_operator_seal_is_respected_until_the_next_start(stack: Stack) -> None:
     line = stack.agent.wait_line(r"sealed by an operator")
     assert "WARNING" in line
     looks = stack.front.count(STATE)
-    wait_for(lambda: stack.front.count(STATE) >= looks + 5, "the agent to look at the daemon again")
+    wait_for(lambda: stack.front.count(STATE) >= looks + 5, "the agent to look at the daemon again", timeout=WAIT)
     assert stack.daemon.state()["sealed"] is True
     assert stack.front.count(UNSEAL) == 0
     assert len(stack.agent.lines(r"sealed by an operator")) == 1  # warned once
     stack.daemon.restart()
-    wait_for(stack.daemon.unsealed, "the next run of the daemon to be unsealed")
+    wait_for(stack.daemon.unsealed, "the next run of the daemon to be unsealed", timeout=WAIT)
 
 
 def test_the_agent_waits_for_init_and_never_initialises(stack: Stack) -> None:
@@ -335,12 +297,12 @@ def test_the_agent_waits_for_init_and_never_initialises(stack: Stack) -> None:
     stack.agent.start()
     stack.agent.wait_line(r"not initialised")
     looks = stack.front.count(STATE)
-    wait_for(lambda: stack.front.count(STATE) >= looks + 5, "the agent to look at the daemon again")
+    wait_for(lambda: stack.front.count(STATE) >= looks + 5, "the agent to look at the daemon again", timeout=WAIT)
     assert stack.daemon.state()["initialized"] is False
     assert len(stack.agent.lines(r"not initialised")) == 1  # INFO once, then DEBUG
     stack.tokens.append(stack.daemon.init())
     stack.daemon.restart()
-    wait_for(stack.daemon.unsealed, "the daemon to be unsealed after init and restart")
+    wait_for(stack.daemon.unsealed, "the daemon to be unsealed after init and restart", timeout=WAIT)
 
 
 def test_sigterm_stops_the_agent_with_exit_0(stack: Stack) -> None:
@@ -356,8 +318,80 @@ def test_the_plaintext_key_never_reaches_the_logs(stack: Stack) -> None:
     stack.kms.fail("ThrottlingException", times=1, operations={"Decrypt"})
     stack.daemon.start()
     stack.agent.start()
-    wait_for(stack.daemon.unsealed, "the daemon to be unsealed")
+    wait_for(stack.daemon.unsealed, "the daemon to be unsealed", timeout=WAIT)
     stack.agent.stop()
     text = stack.agent.text() + stack.daemon.log.read_text()
     assert stack.tokens[0] not in text
     assert not re.search(r"[A-Za-z0-9+/]{43}=", text)  # no base64 of a 32-byte key
+
+
+# --- the seed scenario, with OpenBao's CLI ---------------------------------------------
+
+
+def test_seed_scenario_with_the_bao_cli(stack: Stack, tmp_path: Path) -> None:
+    """Issue 3's acceptance: bao init with one recovery share, restart, unsealed."""
+    from tests.integration.support import BaoRunner
+
+    bao = BaoRunner(tmp_path, stack.daemon.url)
+    stack.daemon.start()
+    stack.agent.start()
+    init = json.loads(bao("operator", "init", "-recovery-shares=1", "-recovery-threshold=1", "-format=json").stdout)
+    stack.daemon.server.known_secrets.extend([*init["recovery_keys_b64"], init["root_token"]])
+    status = json.loads(bao("status", "-format=json").stdout)
+    assert status["sealed"] is False and status["type"] == "awskms" and status["recovery_seal"] is True
+    assert "Recovery Seal Type" in bao("status").stdout
+    bao("login", init["root_token"])
+    bao("secrets", "enable", "-version=2", "kv")
+    bao("kv", "put", "kv/app", "password=hunter2")
+    stack.daemon.restart()
+    wait_for(stack.daemon.unsealed, "the daemon to be unsealed", timeout=WAIT)
+    assert "Sealed                   false" in bao("status").stdout
+    bao("login", init["root_token"])
+    got = json.loads(bao("kv", "get", "-format=json", "kv/app").stdout)
+    assert got["data"]["data"] == {"password": "hunter2"}
+
+
+# --- break-glass -----------------------------------------------------------------------
+
+
+def _init_with(stack: Stack, **params: object) -> dict[str, object]:
+    body = stack.daemon.server.call("PUT", "sys/init", json_body=params, timeout=30)
+    stack.daemon.server.known_secrets.extend(
+        [*body["recovery_keys"], *body["recovery_keys_base64"], body["root_token"]]
+    )
+    return body
+
+
+def test_break_glass_recovery_shares_unseal_when_the_kms_key_is_gone(stack: Stack) -> None:
+    stack.daemon.start()
+    init = _init_with(stack, recovery_shares=3, recovery_threshold=2, break_glass=True)
+    token = str(init["root_token"])
+    headers = {"X-Vault-Token": token}
+    url = stack.daemon.url
+    assert requests.post(url + "/v1/sys/mounts/kv", json={"type": "kv"}, headers=headers, timeout=10).ok
+    assert requests.put(url + "/v1/kv/app", json={"password": "hunter2"}, headers=headers, timeout=10).ok
+    stack.kms.fail("NotFoundException")  # the key is gone: every KMS call fails
+    stack.daemon.restart()
+    assert stack.daemon.state()["sealed"] is True
+    keys = list(init["recovery_keys"])  # type: ignore[call-overload]
+    first = requests.put(url + "/v1/sys/unseal", json={"key": keys[2]}, timeout=10)
+    assert first.status_code == 200 and first.json()["progress"] == 1
+    second = requests.put(url + "/v1/sys/unseal", json={"key": keys[0]}, timeout=10)
+    assert second.status_code == 200 and second.json()["sealed"] is False
+    got = requests.get(url + "/v1/kv/app", headers=headers, timeout=10)
+    assert got.status_code == 200 and got.json()["data"] == {"password": "hunter2"}
+    assert stack.kms.count("Decrypt") == 0  # nobody asked KMS: the shares did it
+
+
+def test_without_break_glass_recovery_keys_cannot_unseal(stack: Stack) -> None:
+    stack.daemon.start()
+    init = _init_with(stack, recovery_shares=1, recovery_threshold=1)
+    stack.kms.fail("NotFoundException")
+    stack.daemon.restart()
+    refused = requests.put(
+        stack.daemon.url + "/v1/sys/unseal", json={"key": list(init["recovery_keys"])[0]}, timeout=10  # type: ignore[call-overload]
+    )
+    assert refused.status_code == 400
+    assert "cannot unseal" in refused.json()["errors"][0]
+    assert "break_glass" in refused.json()["errors"][0]
+    assert stack.daemon.state()["sealed"] is True

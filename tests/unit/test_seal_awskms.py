@@ -277,6 +277,19 @@ def test_missing_credentials_are_permanent(aws_env: dict[str, str], kms_key: Kms
     assert (caught.value.code, caught.value.permanent) == ("NoCredentialsError", True)
 
 
+def test_credentials_that_appear_later_are_found_on_the_next_call(
+    aws_env: dict[str, str], kms_key: KmsKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options = kms_key.seal_options()
+    del options["access_key"], options["secret_key"]
+    seal = AwsKmsSeal(options)
+    with pytest.raises(SealError):
+        seal.wrap(KEK, CONTEXT)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFROMENVIRONMENT0")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "from-env")
+    assert seal.unwrap(seal.wrap(KEK, CONTEXT)) == KEK
+
+
 def test_credentials_come_from_the_environment_when_the_stanza_has_none(
     aws_env: dict[str, str], kms_key: KmsKey, kms_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -300,7 +313,10 @@ def test_stanza_credentials_win_over_the_environment(
 class _ContainerCredentials(http.server.BaseHTTPRequestHandler):
     """The ECS/container credential endpoint: role credentials that expire."""
 
+    served: list[str] = []
+
     def do_GET(self) -> None:
+        self.served.append(self.path)
         expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
         body = json.dumps(
             {
@@ -321,26 +337,32 @@ class _ContainerCredentials(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def container_role(aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ContainerCredentials)
+def container_role(aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Role credentials from a loopback container endpoint; yields the list
+    of requests it served."""
+    handler = type("Handler", (_ContainerCredentials,), {"served": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     port = server.server_address[1]
     monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", f"http://127.0.0.1:{port}/creds")
     try:
-        yield
+        yield handler.served
     finally:
         server.shutdown()
         server.server_close()
 
 
 def test_role_credentials_from_the_default_chain_and_expiry_is_retryable(
-    container_role: None, kms_key: KmsKey, kms_proxy: FaultProxy
+    container_role: list[str], kms_key: KmsKey, kms_proxy: FaultProxy
 ) -> None:
     options = kms_key.seal_options(kms_proxy.url)
     del options["access_key"], options["secret_key"]
     seal = AwsKmsSeal(options)
+    # Making the seal asks no one: the daemon starts even with no network.
+    assert container_role == []
     stored = seal.wrap(KEK, CONTEXT)
+    assert container_role != []
     assert kms_proxy.records[-1].access_key == "ASIAROLECREDENTIALS0"
     assert seal.credentials_refresh
     kms_proxy.fail("ExpiredTokenException", times=1)
@@ -429,3 +451,16 @@ def test_a_kek_kms_cannot_take_is_refused_without_quoting_it(seal: AwsKmsSeal) -
         seal.wrap(big, CONTEXT)
     assert caught.value.permanent
     _assert_no_secret(caught.value, KEK)
+
+
+def test_retry_settings_from_the_environment_do_not_add_botocore_retries(
+    aws_env: dict[str, str], kms_key: KmsKey, kms_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "5")
+    monkeypatch.setenv("AWS_RETRY_MODE", "adaptive")
+    seal = AwsKmsSeal(kms_key.seal_options(kms_proxy.url))
+    stored = seal.wrap(KEK, CONTEXT)
+    kms_proxy.fail("ThrottlingException", times=3, operations={"Decrypt"})
+    with pytest.raises(SealError):
+        seal.unwrap(stored)
+    assert kms_proxy.count("Decrypt") == 1

@@ -18,8 +18,10 @@ not, so that what the file says is what runs.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 import botocore.credentials
@@ -153,31 +155,50 @@ class AwsKmsSeal(AutoSeal):
             raise AwsKmsConfigError(
                 "awskms seal: access_key and secret_key must be given together"
             )
-        if endpoint and "://" not in endpoint:
+        parts = urlsplit(endpoint)
+        if endpoint and (parts.scheme not in ("http", "https") or not parts.netloc):
             raise AwsKmsConfigError(
-                f"awskms seal: endpoint {endpoint!r} needs a scheme (https://...)"
+                f"awskms seal: endpoint {endpoint!r} is not an https:// (or http://) URL"
             )
-        self._session = boto3.session.Session(
-            aws_access_key_id=access_key or None,
-            aws_secret_access_key=secret_key or None,
-            aws_session_token=(session_token or None) if access_key else None,
-        )
+        try:
+            self._session = boto3.session.Session(
+                aws_access_key_id=access_key or None,
+                aws_secret_access_key=secret_key or None,
+                aws_session_token=(session_token or None) if access_key else None,
+            )
+        except botocore.exceptions.BotoCoreError as exc:  # e.g. AWS_PROFILE names no profile
+            raise AwsKmsConfigError(f"awskms seal: {exc}") from None
         self.kms_key_id = kms_key_id
         self.region = region or self._session.region_name or DEFAULT_REGION
         self.endpoint = endpoint
-        config = Config(
+        self._config = Config(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             # One attempt per call: the agent's backoff is the only retry
             # loop, so delays stay what the operator configured.
             retries={"total_max_attempts": 1, "mode": "standard"},
         )
-        try:
-            self._client = self._session.client(
-                "kms", region_name=self.region, endpoint_url=endpoint or None, config=config
-            )
-        except (ValueError, botocore.exceptions.BotoCoreError) as exc:
-            raise AwsKmsConfigError(f"awskms seal: {exc}") from None
+        self._lock = threading.Lock()
+        self._kms: Any = None
+
+    @property
+    def _client(self) -> Any:
+        """The KMS client, made at the first call rather than here: making it
+        resolves credentials, which may mean asking the instance metadata
+        service, and neither the daemon's start nor the agent's should wait
+        on (or fail for) that before KMS is actually needed."""
+        with self._lock:
+            if self._kms is None:
+                self._kms = self._session.client(
+                    "kms", region_name=self.region, endpoint_url=self.endpoint or None, config=self._config
+                )
+            return self._kms
+
+    def _forget_client(self) -> None:
+        """Drop a client that found no credentials, so the next call looks
+        for them again (an instance role may have become reachable)."""
+        with self._lock:
+            self._kms = None
 
     def __repr__(self) -> str:
         return (
@@ -259,10 +280,18 @@ class AwsKmsSeal(AutoSeal):
         return self._call("Decrypt", **params)["Plaintext"]
 
     def _call(self, operation: str, **params: object) -> dict[str, Any]:
-        method = getattr(self._client, botocore.xform_name(operation))
+        try:
+            client = self._client
+        except (ValueError, botocore.exceptions.BotoCoreError) as exc:
+            raise SealError(
+                f"cannot make the KMS client: {exc}", code="InvalidConfiguration", permanent=True
+            ) from None
+        method = getattr(client, botocore.xform_name(operation))
         try:
             return method(**params)
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            if isinstance(exc, botocore.exceptions.NoCredentialsError):
+                self._forget_client()
             # "from None": botocore exceptions can quote request parameters.
             raise self.classify(operation, exc) from None
 

@@ -76,5 +76,10 @@ class AutoSeal(abc.ABC):
         """Wrap a freshly made KEK (init, rekey, migration)."""
 
     @abc.abstractmethod
+    def describe_key(self) -> str:
+        """Check that the seal's key can wrap at all and return its id (ARN),
+        so init fails on a mistyped or disabled key before a KEK is made."""
+
+    @abc.abstractmethod
     def unwrap(self, stored: StoredKey) -> bytes:
         """Recover the KEK; raise :class:`SealError` on failure."""
