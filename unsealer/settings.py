@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from vaultd.config import Config, ListenerConfig
+from vaultd.durations import go_duration_seconds
 
 log = logging.getLogger("vaultd.unsealer")
 
@@ -37,8 +37,6 @@ DEFAULT_TIMEOUT = 10.0
 
 KNOWN_KEYS = frozenset({"address", "ca_file", "initial_backoff", "max_backoff", "poll_interval", "timeout"})
 
-_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 
 
 class SettingsError(ValueError):
@@ -67,14 +65,7 @@ def parse_seconds(value: object, key: str) -> float:
         try:
             seconds = float(text)
         except ValueError:
-            pos, total = 0, 0.0
-            for match in _PART.finditer(text):
-                if match.start() != pos:
-                    break
-                total += float(match.group(1)) * _UNIT[match.group(2)]
-                pos = match.end()
-            if pos == len(text) and pos > 0:
-                seconds = total
+            seconds = go_duration_seconds(text)
     if seconds is None or not seconds > 0 or seconds == float("inf"):
         raise SettingsError(f"unsealer.{key}: invalid duration {value!r} (e.g. \"500ms\", \"30s\")")
     return seconds

@@ -27,16 +27,23 @@ def parse_duration(value: object, *, field: str = "duration") -> int:
             return 0
         if text.isdigit():
             return int(text)
-        pos, total = 0, 0.0
-        for match in _PART.finditer(text):
-            if match.start() != pos:
-                break
-            total += float(match.group(1)) * _UNIT[match.group(2)]
-            pos = match.end()
-        if pos == len(text) and pos > 0:
-            return int(total)
+        seconds = go_duration_seconds(text)
+        if seconds is not None:
+            return int(seconds)
         raise BadRequest(f'time: invalid duration "{value}"')
     raise BadRequest(f"invalid {field}: expected a duration")
+
+
+def go_duration_seconds(text: str) -> float | None:
+    """Seconds in a Go duration string (``"1h30m"``, ``"500ms"``), or None
+    when ``text`` is not one.  Fractions are kept; callers round as they need."""
+    pos, total = 0, 0.0
+    for match in _PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT[match.group(2)]
+        pos = match.end()
+    return total if pos == len(text) and pos > 0 else None
 
 
 def format_duration(seconds: int) -> str:
