@@ -19,13 +19,17 @@ log = logging.getLogger("vaultd.api")
 DEFAULT_MAX_REQUEST_SIZE = 32 * 1024 * 1024
 
 
-def create_app(core: Core, *, max_request_size: int = DEFAULT_MAX_REQUEST_SIZE) -> Flask:
+def create_app(core: Core, *, max_request_size: int | None = DEFAULT_MAX_REQUEST_SIZE) -> Flask:
+    """``max_request_size`` in bytes; None (or 0 or less) means no limit, as
+    a negative ``max_request_size`` does in Vault's listener stanza."""
     app = Flask("vaultd")
-    app.config["MAX_CONTENT_LENGTH"] = max_request_size if max_request_size > 0 else None
+    app.config["MAX_CONTENT_LENGTH"] = max_request_size if max_request_size and max_request_size > 0 else None
     app.extensions["vaultd.core"] = core
     # The system blueprints first; the logical catch-all takes the rest.
     for blueprint in (sys_init.bp, sys_seal.bp, sys_health.bp, sys_mounts.bp, sys_vaultd.bp, auth_token.bp, logical.bp):
         app.register_blueprint(blueprint)
+    app.extensions[logical.SYSTEM_ROUTES] = logical.system_routes(app.url_map)
+    app.before_request(logical.refuse_options)
 
     @app.errorhandler(VaultError)
     def vault_error(exc: VaultError) -> ResponseReturnValue:

@@ -7,13 +7,23 @@ from typing import Any
 from flask import Blueprint
 from flask.typing import ResponseReturnValue
 
-from vaultd.api.http import Field, client_token, core, envelope, fields, json_body, no_content
+from vaultd.api.http import (
+    Field,
+    client_token,
+    core,
+    envelope,
+    fields,
+    json_body,
+    no_content,
+    system_backend_gate,
+)
 from vaultd.core.tokens import TokenEntry
 from vaultd.durations import parse_duration
 from vaultd.errors import BadRequest, PermissionDenied
 from vaultd.logical import Operation
 
 bp = Blueprint("auth_token", __name__)
+bp.before_request(system_backend_gate)
 
 _CREATE_SCHEMA = {
     "id": Field(str),
@@ -40,7 +50,7 @@ def _create_params(body: dict[str, Any]) -> dict[str, Any]:
         raise BadRequest("custom token ids are not supported by vaultd")
     if params.get("role_name"):
         raise BadRequest("token roles are not supported by vaultd yet")
-    if params.get("period"):
+    if parse_duration(params.get("period", 0), field="period"):
         raise BadRequest("periodic tokens are not supported by vaultd yet")
     if params.get("type", "service") not in ("service", "default"):
         raise BadRequest("only service tokens are supported by vaultd")
@@ -78,13 +88,13 @@ def create_orphan() -> ResponseReturnValue:
     return _create("auth/token/create-orphan", orphan=True)
 
 
-def _target() -> tuple[str, TokenEntry]:
+def _target() -> tuple[str, TokenEntry | None]:
+    """The ``token`` of the body and its live entry (None: unknown, revoked
+    or expired).  What "unknown" means is each endpoint's business: Vault
+    answers 403 to a lookup, 400 to a renew and 204 to a revoke."""
     body = fields(json_body(), {"token": Field(str, required=True)})
     target = body["token"]
-    entry = core().tokens.lookup(target)
-    if entry is None:
-        raise PermissionDenied("bad token")
-    return target, entry
+    return target, core().tokens.lookup(target)
 
 
 @bp.get("/v1/auth/token/lookup-self")
@@ -96,16 +106,26 @@ def lookup_self() -> ResponseReturnValue:
 
 @bp.route("/v1/auth/token/lookup", methods=["POST", "PUT"])
 def lookup() -> ResponseReturnValue:
-    core().check(client_token(), "auth/token/lookup", Operation.UPDATE)
-    token, entry = _target()
-    return envelope(entry.lookup_data(token))
+    c = core()
+    caller = client_token()
+    entry = c.check(caller, "auth/token/lookup", Operation.UPDATE)
+    body = fields(json_body(), {"token": Field(str)})
+    target = body.get("token") or caller or ""
+    if target != caller:  # no token in the body: Vault looks up the caller
+        found = c.tokens.lookup(target)
+        if found is None:
+            raise PermissionDenied("bad token")
+        entry = found
+    return envelope(entry.lookup_data(target))
 
 
 @bp.get("/v1/auth/token/lookup")
 def lookup_get() -> ResponseReturnValue:
-    # ``vault token lookup`` without an argument reads lookup-self; with
-    # nothing in the body this endpoint looks up the caller, as Vault does.
-    return lookup_self()
+    # ``GET auth/token/lookup`` looks up the caller, but under the policy of
+    # this path (read), not of lookup-self: the default policy has no say.
+    token = client_token()
+    entry = core().check(token, "auth/token/lookup", Operation.READ)
+    return envelope(entry.lookup_data(token or ""))
 
 
 @bp.route("/v1/auth/token/lookup-accessor", methods=["POST", "PUT"])
@@ -124,7 +144,8 @@ def revoke() -> ResponseReturnValue:
     c = core()
     c.check(client_token(), "auth/token/revoke", Operation.UPDATE)
     _, entry = _target()
-    c.tokens.revoke(entry)
+    if entry is not None:  # revoking what is already gone is done
+        c.tokens.revoke(entry)
     return no_content()
 
 
@@ -143,7 +164,7 @@ def revoke_accessor() -> ResponseReturnValue:
     body = fields(json_body(), {"accessor": Field(str, required=True)})
     entry = c.tokens.lookup_accessor(body["accessor"])
     if entry is None:
-        raise BadRequest("invalid accessor")
+        return envelope(None, warnings=["No token found with this accessor"])
     c.tokens.revoke(entry)
     return no_content()
 
@@ -169,6 +190,6 @@ def renew() -> ResponseReturnValue:
     body = fields(json_body(), {"token": Field(str, required=True), "increment": Field((str, int))})
     entry = c.tokens.lookup(body["token"])
     if entry is None:
-        raise PermissionDenied("bad token")
+        raise BadRequest("token not found")
     entry = c.tokens.renew(entry, _increment(body))
     return envelope(None, auth=entry.auth_block(body["token"]))

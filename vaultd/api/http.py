@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Response as FlaskResponse
-from flask import current_app, request
+from flask import current_app, g, request
 
 from vaultd.core.core import Core
-from vaultd.errors import BadRequest
+from vaultd.errors import BadRequest, PayloadTooLarge
 from vaultd.logical import Response
 
 _JSON = "application/json"
@@ -32,9 +32,29 @@ def client_token() -> str | None:
     return None
 
 
+def body_bytes() -> bytes:
+    """The raw request body, refused with 413 when over ``max_request_size``.
+
+    Werkzeug enforces the limit against ``Content-Length`` only: a chunked
+    body (no length) is silently cut at the limit by newer releases and not
+    limited at all by older ones (bookworm's 2.2).  So without a length the
+    body is read here, from the server's de-chunked input, one byte past the
+    limit to tell "exactly at" from "over"."""
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if request.content_length is not None or not limit:
+        return request.get_data(cache=True)
+    cached: bytes | None = g.get("vaultd_body")
+    if cached is None:
+        cached = request.environ["wsgi.input"].read(limit + 1)
+        if len(cached) > limit:
+            raise PayloadTooLarge("request body too large")
+        g.vaultd_body = cached
+    return cached
+
+
 def json_body() -> dict[str, Any]:
     """The request body as a JSON object; empty body means ``{}``."""
-    raw = request.get_data(cache=True)
+    raw = body_bytes()
     if not raw or not raw.strip():
         return {}
     try:
@@ -54,7 +74,10 @@ def _short(exc: Exception) -> str:
 
 
 class Field:
-    """One accepted body field: its type and whether it must be present."""
+    """One accepted body field: its type and whether it must be present.
+
+    ``nullable`` is kept for the schemas that spell it out; every field
+    now accepts null as "not given" (see :func:`fields`)."""
 
     def __init__(self, kind: type | tuple[type, ...], *, required: bool = False, nullable: bool = False) -> None:
         self.kind = kind
@@ -70,13 +93,14 @@ def fields(body: Mapping[str, Any], schema: Mapping[str, Field]) -> dict[str, An
         raise BadRequest("unknown field(s): " + ", ".join(unknown))
     out: dict[str, Any] = {}
     for name, spec in schema.items():
-        if name not in body:
+        # JSON null is "not given", as Vault's decoding into Go structs makes
+        # it: clients such as hvac send ``"description": null`` for every
+        # argument the caller left out.
+        if body.get(name) is None:
             if spec.required:
                 raise BadRequest(f"missing required field {name!r}")
             continue
         value = body[name]
-        if value is None and spec.nullable:
-            continue
         kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
         if isinstance(value, bool) and bool not in kinds:
             raise BadRequest(f"field {name!r} has the wrong type: expected {_names(kinds)}")
@@ -149,6 +173,18 @@ def logical(response: Response) -> FlaskResponse:
 
 def error(status: int, messages: list[str]) -> FlaskResponse:
     return raw_json({"errors": messages}, status)
+
+
+def system_backend_gate() -> None:
+    """Vault's order for its system backend (``sys/mounts``, ``auth/token``
+    and the like): a body that is not JSON is a 400 (413 when too large),
+    then a sealed server is a 503, then a missing or bad token is a 403, and
+    only then are the fields checked.  Registered as ``before_request`` on
+    those blueprints so a sealed server never reports a field error and an
+    anonymous caller learns nothing about what the endpoint accepts."""
+    if request.method in ("POST", "PUT"):
+        json_body()
+    core().authenticate(client_token())
 
 
 def core() -> Core:

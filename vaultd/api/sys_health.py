@@ -13,6 +13,17 @@ from vaultd.errors import BadRequest
 
 bp = Blueprint("sys_health", __name__)
 
+_DEFAULT_CODES = {
+    "activecode": 200,
+    "standbycode": 429,
+    "drsecondarycode": 472,
+    "performancestandbycode": 473,
+    "sealedcode": 503,
+    "uninitcode": 501,
+}
+"""Vault's defaults; this single node never uses the standby ones, but
+they are still validated."""
+
 
 def _code(name: str, default: int) -> int:
     raw = request.args.get(name)
@@ -22,13 +33,17 @@ def _code(name: str, default: int) -> int:
         code = int(raw)
     except ValueError:
         raise BadRequest(f"unable to parse {name} query parameter: {raw!r} is not an integer") from None
-    if code < 1 or code > 599:
+    if code < 100 or code > 599:
         raise BadRequest(f"{name} must be an HTTP status code")
     return code
 
 
 @bp.route("/v1/sys/health", methods=["GET", "HEAD"])
 def health() -> ResponseReturnValue:
+    # Every override is parsed up front, as Vault does: a malformed one is a
+    # 400 whatever state the server is in, so a probe's typo shows at once
+    # instead of on the day the node first seals.
+    codes = {name: _code(name, default) for name, default in _DEFAULT_CODES.items()}
     lifecycle = core().lifecycle
     lifecycle.refresh()
     config = lifecycle.seal_config()
@@ -46,15 +61,11 @@ def health() -> ResponseReturnValue:
         body["cluster_name"] = config.cluster_name
         body["cluster_id"] = config.cluster_id
     if config is None:
-        status = _code("uninitcode", 501)
+        status = codes["uninitcode"]
     elif sealed:
-        status = _code("sealedcode", 503)
+        status = codes["sealedcode"]
     else:
-        status = _code("activecode", 200)
-    # Validate the codes this single node never uses, so a typo is still a 400.
-    _code("standbycode", 429)
-    _code("drsecondarycode", 472)
-    _code("performancestandbycode", 473)
+        status = codes["activecode"]
     if request.method == "HEAD":
         return "", status
     return raw_json(body, status)

@@ -8,13 +8,23 @@ from typing import Any
 from flask import Blueprint
 from flask.typing import ResponseReturnValue
 
-from vaultd.api.http import Field, client_token, core, envelope, fields, json_body, no_content
+from vaultd.api.http import (
+    Field,
+    client_token,
+    core,
+    envelope,
+    fields,
+    json_body,
+    no_content,
+    system_backend_gate,
+)
 from vaultd.core.router import SYSTEM_MOUNT, TOKEN_AUTH_MOUNT, MountEntry, normalise_mount_path
 from vaultd.durations import parse_duration
 from vaultd.errors import BadRequest
 from vaultd.logical import Operation
 
 bp = Blueprint("sys_mounts", __name__)
+bp.before_request(system_backend_gate)
 
 _CONFIG_SCHEMA = {
     "default_lease_ttl": Field((str, int)),
@@ -26,6 +36,10 @@ _CONFIG_SCHEMA = {
     "passthrough_request_headers": Field(list),
     "allowed_response_headers": Field(list),
     "plugin_version": Field(str),
+    "options": Field(dict, nullable=True),
+    "token_type": Field(str),
+    "user_lockout_config": Field(dict, nullable=True),
+    "delegated_auth_accessors": Field(list, nullable=True),
 }
 _ENABLE_SCHEMA = {
     "type": Field(str, required=True),
@@ -135,13 +149,17 @@ def tune_mount(path: str) -> ResponseReturnValue:
     return no_content()
 
 
-@bp.get("/v1/sys/auth")
-def list_auth() -> ResponseReturnValue:
-    core().check(client_token(), "sys/auth", Operation.READ)
+def _token_auth_view() -> dict[str, Any]:
     view = TOKEN_AUTH_MOUNT.describe()
     view["options"] = None
     view["config"]["token_type"] = "default-service"  # noqa: S105 - a token kind, not a secret
-    return envelope({"token/": view}, legacy_top_level=True)
+    return view
+
+
+@bp.get("/v1/sys/auth")
+def list_auth() -> ResponseReturnValue:
+    core().check(client_token(), "sys/auth", Operation.READ)
+    return envelope({"token/": _token_auth_view()}, legacy_top_level=True)
 
 
 @bp.get("/v1/sys/internal/ui/mounts/<path:path>")
@@ -156,7 +174,7 @@ def ui_mount(path: str) -> ResponseReturnValue:
 @bp.get("/v1/sys/internal/ui/mounts")
 def ui_mounts() -> ResponseReturnValue:
     mounts = core().list_mounts(client_token())
-    return envelope({"secret": mounts, "auth": {"token/": TOKEN_AUTH_MOUNT.describe()}})
+    return envelope({"secret": mounts, "auth": {"token/": _token_auth_view()}})
 
 
 @bp.route("/v1/sys/rotate", methods=["POST", "PUT"])

@@ -16,10 +16,11 @@ from vaultd.core.policy import authorize
 from vaultd.core.router import MOUNTS_KEY, MountEntry, Router, new_mount
 from vaultd.core.seal_state import EPOCH_MOUNTS, SharedSealState
 from vaultd.core.tokens import TokenEntry, TokenStore
-from vaultd.errors import NotFound, PermissionDenied
+from vaultd.errors import BadRequest, NotFound, PermissionDenied
 from vaultd.logical import Operation, Request, Response
 from vaultd.seal.base import AutoSeal
 from vaultd.storage.base import Storage
+from vaultd.storage.cache import CachedStorage
 from vaultd.storage.view import StorageView
 
 log = logging.getLogger("vaultd.core")
@@ -38,13 +39,17 @@ class Core:
     def __init__(self, physical: Storage, shared: SharedSealState, settings: CoreSettings) -> None:
         self.settings = settings
         self.shared = shared
+        # Every read of a token or a secret goes to storage; the cache keeps
+        # the ciphertext of what was read, exact across workers (see cache.py).
+        self.physical = CachedStorage(physical, shared)
         self.lifecycle = Lifecycle(
-            physical,
+            self.physical,
             shared,
             seal=settings.seal,
             cluster_name=settings.cluster_name,
             storage_type=settings.storage_type,
             on_initialised=self._bootstrap,
+            on_change=self._drop_caches,
         )
         self.barrier = self.lifecycle.barrier
         self.tokens = self._token_store(self.barrier)
@@ -53,7 +58,6 @@ class Core:
             system_default_ttl=settings.default_lease_ttl,
             system_max_ttl=settings.max_lease_ttl,
         )
-        self._mounts_epoch = -1
 
     def _token_store(self, barrier: Storage) -> TokenStore:
         return TokenStore(
@@ -71,17 +75,19 @@ class Core:
 
     # -- per request ---------------------------------------------------------------
 
+    def _drop_caches(self) -> None:
+        """The seal generation changed (sealed, or unsealed again): nothing
+        cached under the previous one is trusted."""
+        self.router.invalidate()
+        self.tokens = self._token_store(self.barrier)
+        self.physical.clear()
+
     def begin(self) -> None:
         """Called first by every request that needs the barrier open."""
-        if self.lifecycle.refresh():
-            self.router.invalidate()
-            self.tokens = self._token_store(self.barrier)
+        self.lifecycle.refresh()
         if self.barrier.sealed:
             self.lifecycle.require_unsealed()
-        epoch = self.shared.epoch(EPOCH_MOUNTS)
-        if epoch != self._mounts_epoch:
-            self._mounts_epoch = epoch
-            self.router.invalidate()
+        self.router.sync(self.shared.epoch(EPOCH_MOUNTS))
 
     def authenticate(self, token: str | None) -> TokenEntry:
         self.begin()
@@ -124,7 +130,7 @@ class Core:
         self.check(token, f"sys/mounts/{path}", operation)
         entry = self.router.table().get(path)
         if entry is None:
-            raise NotFound(f"no mount at {path}") if operation is Operation.READ else NotFound()
+            raise BadRequest(f"No secret engine mount at {path}")
         return entry
 
     def enable_mount(self, token: str | None, path: str, type_: str, description: str, options: dict[str, str],
@@ -139,9 +145,9 @@ class Core:
 
     def disable_mount(self, token: str | None, path: str) -> None:
         self.check(token, f"sys/mounts/{path}", Operation.DELETE, sudo=True)
-        self.router.unmount(path)
-        self.shared.bump_epoch(EPOCH_MOUNTS)
-        log.info("unmounted %s", path)
+        if self.router.unmount(path):
+            self.shared.bump_epoch(EPOCH_MOUNTS)
+            log.info("unmounted %s", path)
 
     def tune_mount(self, token: str | None, path: str, changes: dict[str, Any]) -> None:
         self.check(token, f"sys/mounts/{path}/tune", Operation.UPDATE, sudo=True)

@@ -22,6 +22,7 @@ import hmac
 import json
 import logging
 import secrets
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from vaultd.core.keyring import Keyring
 from vaultd.core.seal_state import EPOCH_INIT, EPOCH_KEYRING, SharedSealState
 from vaultd.crypto import aead, shamir
 from vaultd.errors import BadRequest, Sealed
+from vaultd.logging import log_event
 from vaultd.seal.base import AutoSeal, SealError, StoredKey
 from vaultd.storage.base import Storage
 
@@ -109,6 +111,7 @@ class Lifecycle:
         cluster_name: str = "",
         storage_type: str = "inmem",
         on_initialised: Callable[[Barrier, str], str] | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.physical = physical
         self.shared = shared
@@ -118,6 +121,10 @@ class Lifecycle:
         self.storage_type = storage_type
         self.barrier = Barrier(physical, self._load_keyring)
         self._on_initialised = on_initialised
+        self._on_change = on_change
+        """Called (under the refresh lock) when the seal generation changed,
+        so the owner drops what it cached from the previous generation."""
+        self._refresh_lock = threading.Lock()
         self._seen_generation = -1
         self._seen_keyring_epoch = -1
         self._config: SealConfig | None = None
@@ -128,20 +135,35 @@ class Lifecycle:
     def refresh(self) -> bool:
         """Bring this worker's barrier in line with the shared state.
 
-        Cheap when nothing changed (two integer loads); returns True when the
-        generation changed, so callers drop their own caches."""
-        generation = self.shared.generation
-        keyring_epoch = self.shared.epoch(EPOCH_KEYRING)
-        if generation == self._seen_generation and keyring_epoch == self._seen_keyring_epoch:
+        Cheap when nothing changed (two integer loads); returns True when
+        something changed.  A worker serves requests on several threads, so
+        the catching up is done by one thread under a lock, and the state is
+        marked as seen only once the barrier (and, through ``on_change``, the
+        caller's caches) match it: a thread that finds the generation
+        unchanged must never find the barrier still sealed from before."""
+        if self._up_to_date():
             return False
-        self._seen_generation = generation
-        self._seen_keyring_epoch = keyring_epoch
-        root_key = self.shared.root_key()
-        if root_key is None:
-            self.barrier.seal()
-        else:
-            self.barrier.unseal(self._decrypt_keyring(root_key))
+        with self._refresh_lock:
+            generation = self.shared.generation
+            keyring_epoch = self.shared.epoch(EPOCH_KEYRING)
+            if generation == self._seen_generation and keyring_epoch == self._seen_keyring_epoch:
+                return False  # another thread caught up while this one waited
+            root_key = self.shared.root_key()
+            if root_key is None:
+                self.barrier.seal()
+            else:
+                self.barrier.unseal(self._decrypt_keyring(root_key))
+            if generation != self._seen_generation and self._on_change is not None:
+                self._on_change()
+            self._seen_keyring_epoch = keyring_epoch
+            self._seen_generation = generation
         return True
+
+    def _up_to_date(self) -> bool:
+        return (
+            self.shared.generation == self._seen_generation
+            and self.shared.epoch(EPOCH_KEYRING) == self._seen_keyring_epoch
+        )
 
     def require_unsealed(self) -> None:
         self.refresh()
@@ -216,6 +238,9 @@ class Lifecycle:
                 try:
                     stored = self.seal.wrap(kek, {"vaultd:cluster_id": cluster_id})
                 except SealError as exc:
+                    log_event(log, "kms_error", "init: the %s seal could not wrap the new unseal key (%s)",
+                              self.seal_type, exc.code, level=logging.ERROR, kms_error_code=exc.code,
+                              permanent=exc.permanent)
                     raise BadRequest(f"failed to wrap the unseal key with the {self.seal_type} seal: {exc}") from None
                 self.physical.put(STORED_KEY, stored.to_json())
                 recovery_secret = kek if request.break_glass else aead.generate_key()
@@ -242,7 +267,11 @@ class Lifecycle:
                 # needed for the first unseal.
                 with self.shared.locked():
                     self.shared.mark_unsealed(root_key)
-        log.info("initialised: seal %s, cluster %s", config.type, config.cluster_id)
+        log_event(log, "init", "initialised: seal %s, cluster %s", config.type, config.cluster_id,
+                  seal_type=config.type, cluster_id=config.cluster_id)
+        if auto:
+            log_event(log, "unsealed", "unsealed with the key made at init", unsealed_by="init",
+                      seal_type=config.type, boot_id=self.shared.boot_id)
         return result
 
     # -- unseal ----------------------------------------------------------------
@@ -303,8 +332,7 @@ class Lifecycle:
                     )
                 if len(kek) != 32:
                     raise BadRequest("invalid key: expected 32 bytes")
-                self._unseal_locked(kek)
-                log.info("unsealed by the unsealer agent")
+                self._unseal_locked(kek, by="unsealer")
         return self.seal_status()
 
     def stored_key(self) -> StoredKey:
@@ -316,16 +344,20 @@ class Lifecycle:
             raise BadRequest("this server has no stored key: it uses the shamir seal")
         return StoredKey.from_json(blob)
 
-    def _unseal_locked(self, kek: bytes) -> None:
+    def _unseal_locked(self, kek: bytes, *, by: str = "shares") -> None:
+        """``by`` (shares or unsealer) is for the log: who unsealed."""
         blob = self.physical.get(ROOT_KEY)
         if blob is None:
             raise BadRequest("Vault is not initialized")
         try:
             root_key = aead.decrypt(kek, blob, ROOT_KEY.encode())
         except aead.AuthenticationError:
+            log_event(log, "unseal_failed", "unseal refused: the key submitted (by %s) does not decrypt the root key",
+                      by, submitted_by=by, boot_id=self.shared.boot_id)
             raise BadRequest("Error unsealing: the key does not decrypt this server's root key") from None
         self.shared.mark_unsealed(root_key)
-        log.info("unsealed")
+        log_event(log, "unsealed", "unsealed (by %s)", by, unsealed_by=by, seal_type=self.seal_type,
+                  boot_id=self.shared.boot_id)
 
     # -- seal ------------------------------------------------------------------
 
@@ -333,7 +365,10 @@ class Lifecycle:
         with self.shared.locked():
             self.shared.mark_sealed(by_operator=by_operator)
         self.barrier.seal()
-        log.warning("sealed%s", " by operator request" if by_operator else "")
+        if by_operator:
+            log_event(log, "operator_seal", "sealed by operator request", boot_id=self.shared.boot_id)
+        else:
+            log_event(log, "sealed", "sealed", boot_id=self.shared.boot_id)
 
     # -- keyring ---------------------------------------------------------------
 
@@ -347,7 +382,8 @@ class Lifecycle:
             self.physical.put(KEYRING, aead.encrypt(root_key, rotated.to_bytes(), KEYRING.encode()))
         self.shared.bump_epoch(EPOCH_KEYRING)
         self.barrier.unseal(rotated)
-        log.info("rotated the barrier keyring to term %d", rotated.active)
+        log_event(log, "key_rotation", "rotated the barrier keyring to term %d", rotated.active,
+                  key_term=rotated.active)
         return rotated
 
     def _load_keyring(self) -> Keyring:

@@ -41,8 +41,10 @@ class MountEntry:
     seal_wrap: bool = False
 
     def describe(self) -> dict[str, Any]:
-        """The entry as ``sys/mounts`` lists it."""
-        return {
+        """The entry as ``sys/mounts`` lists it.  Secrets engines carry a
+        ``deprecation_status``, as Vault's builtin plugins do; the system
+        and token backends do not."""
+        view = {
             "accessor": self.accessor,
             "config": {
                 "default_lease_ttl": self.default_lease_ttl,
@@ -60,6 +62,9 @@ class MountEntry:
             "type": self.type,
             "uuid": self.uuid,
         }
+        if self.type in ENGINE_FACTORIES:
+            view["deprecation_status"] = "supported"
+        return view
 
 
 SYSTEM_MOUNT = MountEntry(
@@ -102,33 +107,64 @@ def normalise_mount_path(path: str) -> str:
     path = path.strip("/")
     if not path:
         raise BadRequest("missing mount path")
-    if any(part in ("", ".", "..") for part in path.split("/")):
-        raise BadRequest(f"invalid mount path {path!r}")
+    if any(part in ("", ".", "..") for part in path.split("/")) or not path.isprintable():
+        raise BadRequest("invalid mount path: empty, relative or unprintable segment")
     return path + "/"
 
 
+@dataclass
+class _Cached:
+    """One worker's parsed mount table and the engines built from it, tagged
+    with the shared mounts epoch that was current when loading began."""
+
+    epoch: int
+    table: dict[str, MountEntry]
+    engines: dict[str, Engine] = field(default_factory=dict)
+
+
 class Router:
-    """Mount table plus engines, for one worker, over the barrier."""
+    """Mount table plus engines, for one worker, over the barrier.
+
+    A worker serves requests on several threads, and other workers change
+    the table at any time; they bump the shared mounts epoch after saving,
+    and each request hands the current epoch to :meth:`sync`.  A cache
+    entry is only used while its epoch is current, and the epoch is read
+    *before* the table is loaded, so a load that raced with another
+    worker's change can at worst be tagged too old (and loaded again), never
+    be kept as current.  Changes to the table read it from storage under
+    the storage lock, never from this cache.
+    """
 
     def __init__(self, barrier: Storage, *, system_default_ttl: int, system_max_ttl: int) -> None:
         self.barrier = barrier
         self.system_default_ttl = system_default_ttl
         self.system_max_ttl = system_max_ttl
-        self._table: dict[str, MountEntry] | None = None
-        self._engines: dict[str, Engine] = {}
+        self._epoch = 0
+        self._cached: _Cached | None = None
+
+    def sync(self, epoch: int) -> None:
+        """The shared mounts epoch, as seen at the start of a request."""
+        self._epoch = epoch
 
     def invalidate(self) -> None:
-        self._table = None
-        self._engines = {}
+        self._cached = None
 
     # -- the table ---------------------------------------------------------------
 
+    def _load(self) -> dict[str, MountEntry]:
+        blob = self.barrier.get(MOUNTS_KEY)
+        raw = json.loads(blob) if blob else []
+        return {m["path"]: MountEntry(**m) for m in raw}
+
+    def _current(self) -> _Cached:
+        cached, epoch = self._cached, self._epoch
+        if cached is None or cached.epoch != epoch:
+            cached = _Cached(epoch, self._load())
+            self._cached = cached
+        return cached
+
     def table(self) -> dict[str, MountEntry]:
-        if self._table is None:
-            blob = self.barrier.get(MOUNTS_KEY)
-            raw = json.loads(blob) if blob else []
-            self._table = {m["path"]: MountEntry(**m) for m in raw}
-        return self._table
+        return self._current().table
 
     def _save(self, table: dict[str, MountEntry]) -> None:
         self.barrier.put(MOUNTS_KEY, json.dumps([asdict(m) for m in table.values()]).encode())
@@ -138,28 +174,27 @@ class Router:
         if entry.path.startswith(RESERVED) or entry.path in RESERVED:
             raise BadRequest(f"cannot mount under reserved path {entry.path.split('/')[0]}/")
         with self.barrier.lock(MOUNTS_KEY):
-            self.invalidate()
-            table = dict(self.table())
+            table = self._load()
             for existing in table:
                 if entry.path.startswith(existing) or existing.startswith(entry.path):
                     raise BadRequest(f"path is already in use at {existing}")
             table[entry.path] = entry
             self._save(table)
 
-    def unmount(self, path: str) -> None:
+    def unmount(self, path: str) -> bool:
+        """Remove the mount and its data; False when nothing was mounted there."""
         with self.barrier.lock(MOUNTS_KEY):
-            self.invalidate()
-            table = dict(self.table())
+            table = self._load()
             entry = table.pop(path, None)
             if entry is None:
-                return
+                return False
             self._save(table)
         _delete_tree(StorageView(self.barrier, f"logical/{entry.uuid}/"), "")
+        return True
 
     def tune(self, path: str, changes: dict[str, Any]) -> None:
         with self.barrier.lock(MOUNTS_KEY):
-            self.invalidate()
-            table = dict(self.table())
+            table = self._load()
             entry = table.get(path)
             if entry is None:
                 raise BadRequest(f"no mount at {path}")
@@ -188,7 +223,10 @@ class Router:
         return best, path[len(best.path):]
 
     def engine(self, entry: MountEntry) -> Engine:
-        engine = self._engines.get(entry.path)
+        """The engine for ``entry``, built once per cached table (a tune or a
+        re-mount at the same path comes with a new table, so a new engine)."""
+        cached = self._current()
+        engine = cached.engines.get(entry.uuid)
         if engine is None:
             settings = MountSettings(
                 path=entry.path,
@@ -197,7 +235,9 @@ class Router:
                 system_default_lease_ttl=self.system_default_ttl,
             )
             view = StorageView(self.barrier, f"logical/{entry.uuid}/")
-            engine = self._engines[entry.path] = ENGINE_FACTORIES[entry.type](view, settings)
+            engine = ENGINE_FACTORIES[entry.type](view, settings)
+            if cached.table.get(entry.path) == entry:
+                cached.engines[entry.uuid] = engine
         return engine
 
 

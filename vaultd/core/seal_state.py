@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 
 log = logging.getLogger("vaultd.seal_state")
@@ -41,7 +42,9 @@ _EPOCH_COUNT = 8
 _PARTS_OFFSET = _EPOCHS_OFFSET + 8 * _EPOCH_COUNT
 MAX_PART_LEN = 64
 MAX_PARTS = 255
-_SIZE = mmap.PAGESIZE * ((_PARTS_OFFSET + MAX_PARTS * MAX_PART_LEN) // mmap.PAGESIZE + 1)
+_SLOTS_OFFSET = _PARTS_OFFSET + MAX_PARTS * MAX_PART_LEN
+SLOT_COUNT = 4096
+_SIZE = mmap.PAGESIZE * ((_SLOTS_OFFSET + 8 * SLOT_COUNT) // mmap.PAGESIZE + 1)
 
 FLAG_UNSEALED = 1
 FLAG_SEALED_BY_OPERATOR = 2
@@ -136,6 +139,21 @@ class SharedSealState:
         with self.locked():
             offset = _EPOCHS_OFFSET + 8 * slot
             struct.pack_into("<Q", self._mm, offset, struct.unpack_from("<Q", self._mm, offset)[0] + 1)
+
+    # -- storage key versions (for :class:`vaultd.storage.cache.CachedStorage`)
+
+    def key_version(self, key: str) -> int:
+        offset = _SLOTS_OFFSET + 8 * (zlib.crc32(key.encode()) % SLOT_COUNT)
+        return struct.unpack_from("<Q", self._mm, offset)[0]
+
+    def bump_key_version(self, key: str) -> None:
+        """Give the key's slot a new value after a write.
+
+        A random value rather than an increment: it needs no lock (two
+        writers cannot lose each other's change by racing a read-modify-write),
+        and all a reader asks is whether the value differs from the one it saw."""
+        offset = _SLOTS_OFFSET + 8 * (zlib.crc32(key.encode()) % SLOT_COUNT)
+        self._mm[offset : offset + 8] = os.urandom(8)
 
     # -- transitions (callers hold ``locked()``) -----------------------------
 

@@ -256,7 +256,9 @@ class TokenStore:
 
     def renew(self, entry: TokenEntry, increment: int) -> TokenEntry:
         if entry.expire_time is None:
-            return entry
+            # A token that never expires has no lease to renew; Vault's
+            # expiration manager answers exactly this.
+            raise BadRequest("invalid lease ID")
         if not entry.renewable:
             raise BadRequest("lease is not renewable")
         now = time.time()

@@ -1,0 +1,111 @@
+"""What one worker caches (barrier state, mount table, engines) stays in
+line with what other workers do, also while several threads of the worker
+serve requests at once.
+
+Two :class:`Core` objects over one storage and one shared seal state stand
+for two gunicorn workers, as in the server.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from vaultd.core.core import Core, CoreSettings
+from vaultd.core.lifecycle import KEYRING, InitRequest
+from vaultd.core.seal_state import SharedSealState
+from vaultd.errors import NotFound, Sealed
+from vaultd.logical import Operation, Request
+from vaultd.storage.inmem import InmemStorage
+
+
+class SlowKeyringStorage(InmemStorage):
+    """Real in-memory storage whose keyring read takes a while, as a disk
+    read under load does: it widens the window in which other threads of
+    the same worker arrive while one is still catching up with an unseal."""
+
+    def get(self, key: str) -> bytes | None:
+        if key == KEYRING:
+            time.sleep(0.05)
+        return super().get(key)
+
+
+KEYS: dict[int, bytes] = {}
+
+
+def _workers(storage: InmemStorage | None = None) -> tuple[Core, Core, str]:
+    storage = storage or InmemStorage()
+    shared = SharedSealState.create(lock_memory=False)
+    first, second = Core(storage, shared, CoreSettings()), Core(storage, shared, CoreSettings())
+    result = first.init(InitRequest(secret_shares=1, secret_threshold=1))
+    KEYS[id(first)] = bytes.fromhex(result["keys"][0])
+    first.lifecycle.submit_share(KEYS[id(first)])
+    return first, second, result["root_token"]
+
+
+def _write(core: Core, token: str, path: str, data: dict) -> None:
+    core.handle(token, Request(operation=Operation.UPDATE, path=path, data=data))
+
+
+def _read(core: Core, token: str, path: str) -> dict | None:
+    return core.handle(token, Request(operation=Operation.READ, path=path)).data
+
+
+def test_every_thread_of_a_worker_sees_an_unseal_made_elsewhere() -> None:
+    _, second, _ = _workers(SlowKeyringStorage())
+    start = threading.Barrier(16)
+    sealed: list[int] = []
+
+    def request(n: int) -> None:
+        start.wait()
+        try:
+            second.begin()
+        except Sealed:
+            sealed.append(n)
+
+    threads = [threading.Thread(target=request, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sealed == [], f"{len(sealed)} threads were told 'sealed' after the unseal"
+
+
+def test_a_worker_sees_mounts_another_worker_made() -> None:
+    first, second, token = _workers()
+    second.begin()
+    assert "kv/" not in second.list_mounts(token)
+    first.enable_mount(token, "kv/", "kv", "", {"version": "2"}, {})
+    second.begin()
+    _write(second, token, "kv/data/app", {"data": {"a": "1"}})
+    assert _read(first, token, "kv/data/app")["data"] == {"a": "1"}
+
+
+def test_a_remount_at_the_same_path_gets_a_fresh_engine() -> None:
+    first, second, token = _workers()
+    first.enable_mount(token, "kv/", "kv", "", {"version": "2"}, {})
+    second.begin()
+    _write(second, token, "kv/data/app", {"data": {"a": "1"}})  # second now has a kv v2 engine cached
+
+    first.disable_mount(token, "kv/")
+    first.enable_mount(token, "kv/", "kv", "", {"version": "1"}, {})
+    second.begin()
+    with pytest.raises(NotFound):
+        _read(second, token, "kv/data/app")  # the old data went with the old mount
+    _write(second, token, "kv/plain", {"v": "1"})  # and this is kv v1 now
+    assert _read(first, token, "kv/plain") == {"v": "1"}
+
+
+def test_sealing_and_unsealing_elsewhere_is_followed() -> None:
+    first, second, token = _workers()
+    first.enable_mount(token, "kv/", "kv", "", {"version": "1"}, {})
+    second.begin()
+    _write(second, token, "kv/x", {"v": "1"})
+    first.seal(token)
+    with pytest.raises(Sealed):
+        second.begin()
+    first.lifecycle.submit_share(KEYS[id(first)])
+    second.begin()
+    assert _read(second, token, "kv/x") == {"v": "1"}

@@ -1,0 +1,60 @@
+"""The shared read cache stays exact when other processes write."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from vaultd.core.seal_state import SharedSealState
+from vaultd.storage.cache import CachedStorage
+from vaultd.storage.file import FileStorage
+
+
+class CountingStorage(FileStorage):
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.reads = 0
+
+    def get(self, key: str) -> bytes | None:
+        self.reads += 1
+        return super().get(key)
+
+
+def test_repeated_reads_are_served_from_the_cache(tmp_path: Path) -> None:
+    shared = SharedSealState.create(lock_memory=False)
+    inner = CountingStorage(str(tmp_path))
+    cache = CachedStorage(inner, shared)
+    cache.put("a/b", b"one")
+    assert [cache.get("a/b") for _ in range(5)] == [b"one"] * 5
+    assert cache.get("missing") is None and cache.get("missing") is None
+    assert inner.reads == 2
+
+
+def test_a_write_in_another_process_is_seen_at_once(tmp_path: Path) -> None:
+    shared = SharedSealState.create(lock_memory=False)
+    cache = CachedStorage(FileStorage(str(tmp_path)), shared)
+    cache.put("k", b"v1")
+    assert cache.get("k") == b"v1"
+    for value in (b"v2", b"v3"):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child: another worker writing
+            other = CachedStorage(FileStorage(str(tmp_path)), shared)
+            other.put("k", value)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        assert cache.get("k") == value
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover
+        CachedStorage(FileStorage(str(tmp_path)), shared).delete("k")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert cache.get("k") is None
+
+
+def test_the_cache_is_bounded(tmp_path: Path) -> None:
+    shared = SharedSealState.create(lock_memory=False)
+    cache = CachedStorage(FileStorage(str(tmp_path)), shared, max_entries=10)
+    for i in range(25):
+        cache.put(f"k{i}", b"x")
+        cache.get(f"k{i}")
+    assert len(cache._cache) <= 10
