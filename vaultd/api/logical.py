@@ -42,6 +42,8 @@ def system_routes(rules: Map) -> Map:
 def _refuse_system_path(path: str) -> None:
     """Raise the error Vault gives for ``path`` if it is a system path that
     reached the catch-all; return if it is an ordinary logical path."""
+    if not path.startswith(SYSTEM_PREFIXES):
+        return  # every system rule lives under these prefixes
     adapter = current_app.extensions[SYSTEM_ROUTES].bind("localhost")
     allowed = list(adapter.allowed_methods(request.path))
     if allowed:
@@ -50,9 +52,8 @@ def _refuse_system_path(path: str) -> None:
             raise MethodNotAllowed()
         core().authenticate(client_token())
         raise MethodNotAllowed("unsupported operation")
-    if path.startswith(SYSTEM_PREFIXES):
-        core().authenticate(client_token())
-        raise NotFound("unsupported path")
+    core().authenticate(client_token())
+    raise NotFound("unsupported path")
 
 
 def refuse_options() -> None:

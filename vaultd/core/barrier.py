@@ -72,7 +72,7 @@ class Barrier(Storage):
 
     def encrypt(self, key: str, plaintext: bytes) -> bytes:
         term = self.keyring.active_term
-        return _PREFIX.pack(term.number, _VERSION) + aead.encrypt(term.key, plaintext, key.encode())
+        return _PREFIX.pack(term.number, _VERSION) + term.cipher.encrypt(plaintext, key.encode())
 
     def decrypt(self, key: str, blob: bytes) -> bytes:
         if len(blob) < _PREFIX.size:
@@ -87,6 +87,6 @@ class Barrier(Storage):
             if number not in keyring.terms:
                 raise StorageError(f"stored value at {key!r} uses unknown key term {number}")
         try:
-            return aead.decrypt(keyring.terms[number].key, blob[_PREFIX.size :], key.encode())
+            return keyring.terms[number].cipher.decrypt(blob[_PREFIX.size :], key.encode())
         except aead.AuthenticationError:
             raise StorageError(f"stored value at {key!r} failed authentication") from None

@@ -8,6 +8,7 @@ key, which is itself stored encrypted by the unseal key (KEK).
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +27,11 @@ class Term:
     number: int
     key: bytes = field(repr=False)
     install_time: str
+
+    @functools.cached_property
+    def cipher(self) -> aead.Cipher:
+        """The key schedule, made once per term rather than per message."""
+        return aead.Cipher(self.key)
 
 
 @dataclass

@@ -34,13 +34,38 @@ def generate_key() -> bytes:
     return secrets.token_bytes(KEY_SIZE)
 
 
+class Cipher:
+    """One key with its AES key schedule made once, for keys used for many
+    messages (the barrier's keyring terms).  Drop it to drop the key."""
+
+    __slots__ = ("_aead",)
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_SIZE:
+            raise ValueError("AES-256-GCM needs a 32-byte key")
+        self._aead = AESGCM(bytes(key))
+
+    def __repr__(self) -> str:
+        return "Cipher(<redacted>)"
+
+    def encrypt(self, plaintext: bytes, aad: bytes) -> bytes:
+        nonce = secrets.token_bytes(NONCE_SIZE)
+        return nonce + self._aead.encrypt(nonce, bytes(plaintext), bytes(aad))
+
+    def decrypt(self, blob: bytes, aad: bytes) -> bytes:
+        if len(blob) < NONCE_SIZE + TAG_SIZE:
+            raise AuthenticationError()
+        blob = bytes(blob)
+        try:
+            return self._aead.decrypt(blob[:NONCE_SIZE], blob[NONCE_SIZE:], bytes(aad))
+        except InvalidTag:
+            raise AuthenticationError() from None
+
+
 def encrypt(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
     """``nonce || ciphertext || tag``.  A wrong-sized key is a programming
     error here (ValueError), unlike in :func:`decrypt`."""
-    if len(key) != KEY_SIZE:
-        raise ValueError("AES-256-GCM needs a 32-byte key")
-    nonce = secrets.token_bytes(NONCE_SIZE)
-    return nonce + AESGCM(bytes(key)).encrypt(nonce, bytes(plaintext), bytes(aad))
+    return Cipher(key).encrypt(plaintext, aad)
 
 
 def decrypt(key: bytes, blob: bytes, aad: bytes) -> bytes:
@@ -50,10 +75,6 @@ def decrypt(key: bytes, blob: bytes, aad: bytes) -> bytes:
     from outside (shares of some other secret combine to a different length)
     and must not surface as a 500.
     """
-    if len(key) != KEY_SIZE or len(blob) < NONCE_SIZE + TAG_SIZE:
+    if len(key) != KEY_SIZE:
         raise AuthenticationError()
-    blob = bytes(blob)
-    try:
-        return AESGCM(bytes(key)).decrypt(blob[:NONCE_SIZE], blob[NONCE_SIZE:], bytes(aad))
-    except InvalidTag:
-        raise AuthenticationError() from None
+    return Cipher(key).decrypt(blob, aad)

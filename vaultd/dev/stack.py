@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "\nvaultd is up and unsealed.\n\n"
             f"    export VAULT_ADDR=http://{address}\n"
-            f"    export VAULT_TOKEN=$(python3 -c 'import json;print(json.load(open(\"{init_file}\"))[\"root_token\"])')\n"
-            "    .venv/bin/vaultctl status\n\n"
+            "    .venv/bin/vaultctl status\n"
+            f"    .venv/bin/vaultctl login    # the root token is in {init_file}\n\n"
             "Ctrl-C stops everything; `make run` again comes back unsealed.\n",
             flush=True,
         )
