@@ -395,3 +395,16 @@ def test_without_break_glass_recovery_keys_cannot_unseal(stack: Stack) -> None:
     assert "cannot unseal" in refused.json()["errors"][0]
     assert "break_glass" in refused.json()["errors"][0]
     assert stack.daemon.state()["sealed"] is True
+
+
+def test_init_names_an_unusable_kms_key_and_stays_uninitialised(stack: Stack) -> None:
+    stack.daemon.start()
+    stack.kms.fail("NotFoundException", times=1, operations={"DescribeKey"})
+    refused = requests.put(
+        stack.daemon.url + "/v1/sys/init", json={"recovery_shares": 1, "recovery_threshold": 1}, timeout=30
+    )
+    assert refused.status_code == 400 and "NotFoundException" in refused.json()["errors"][0]
+    assert stack.kms.count("Encrypt") == 0  # no KEK was wrapped with a key that is not there
+    assert stack.daemon.state()["initialized"] is False
+    stack.daemon.init()  # the next try, with the key back, initialises
+    assert stack.daemon.unsealed()
