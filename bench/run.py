@@ -1,0 +1,289 @@
+"""``make bench``: vaultd against OpenBao, side by side, in one run.
+
+Both servers run at once on loopback (each idle while the other is loaded),
+set up as in production: durable storage, an auto seal, a root token.  Every
+scenario runs for vaultd then OpenBao, round after round (A B A B …), so
+that drift on the machine (page cache, thermal, noisy neighbours) lands on
+both alike:
+
+1. KV v2 read of one secret, 64 connections: req/s, p50, p99.
+2. KV v2 write, a new version of one secret each time, 16 connections.
+3. KV v2 read of 10,000 pre-written secrets, one picked at random per request.
+4. ``auth/token/lookup-self``.
+5. Restart to unsealed: exec of a fresh daemon to its first ``sys/health``
+   200, with vaultd's agent already running and OpenBao's static seal.
+6. Resident memory of all of a server's processes: idle after 1-4, and the
+   peak while scenario 1 runs.
+
+The table goes to stdout and ``bench/results/latest.md``; every round's raw
+numbers and the machine's facts to ``bench/results/latest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import procs, report, wrk
+from bench.servers import OpenBao, Server, ServerError, Vaultd, private_dir
+
+HERE = Path(__file__).resolve().parent
+MANY_PREFIX = "bench/many/"
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Load:
+    """A wrk scenario: which script, against which path, how many connections."""
+
+    key: str
+    title: str
+    path: str
+    script: str
+    connections: int
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def loads(secrets: int) -> list[Load]:
+    return [
+        Load("kv_read", "KV v2 read, one secret", "secret/data/bench/one", "read.lua", 64),
+        Load("kv_write", "KV v2 write", "secret/data/bench/write", "write.lua", 16),
+        Load(
+            "kv_read_many", f"KV v2 read, {secrets:,} secrets", f"secret/data/{MANY_PREFIX}0", "random_read.lua", 64,
+            env={"BENCH_PREFIX": f"/v1/secret/data/{MANY_PREFIX}", "BENCH_COUNT": str(secrets)},
+        ),
+        Load("token_lookup", "token lookup-self", "auth/token/lookup-self", "read.lua", 64),
+    ]
+
+
+_started = time.monotonic()
+
+
+def say(message: str) -> None:
+    """Progress on stderr, so stdout carries only the table."""
+    print(f"[{time.monotonic() - _started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+class Results:
+    """Per-round values, per metric and server, plus the raw wrk runs."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, dict[str, list[float]]] = {}
+        self.runs: list[dict[str, Any]] = []
+        self.notes: list[str] = []
+
+    def add(self, metric: str, server: Server, value: float) -> None:
+        self.values.setdefault(metric, {}).setdefault(server.key, []).append(value)
+
+
+def run_load(server: Server, load: Load, args: argparse.Namespace, duration: float) -> wrk.WrkResult:
+    return wrk.run(
+        f"{server.url}/v1/{load.path}",
+        load.script,
+        connections=load.connections,
+        duration=duration,
+        threads=args.wrk_threads,
+        token=server.token,
+        extra_env=load.env,
+    )
+
+
+def measure_loads(servers: list[Server], args: argparse.Namespace, results: Results) -> None:
+    scenarios = loads(args.secrets)
+    say(f"warm-up: {args.warmup:.0f} s of each scenario on each server")
+    for load in scenarios:
+        for server in servers:
+            run_load(server, load, args, args.warmup)
+    for round_number in range(1, args.rounds + 1):
+        for load in scenarios:
+            for server in servers:
+                if load.key == "kv_read":
+                    with procs.PeakSampler(server.roots) as sampler:
+                        result = run_load(server, load, args, args.duration)
+                    results.add("memory.peak_rss", server, sampler.peak_rss / MIB)
+                    results.add("memory.peak_pss", server, sampler.peak_pss / MIB)
+                else:
+                    result = run_load(server, load, args, args.duration)
+                say(
+                    f"round {round_number} {load.title:<24} {server.name:<8} {result.requests_per_second:9,.0f} req/s"
+                    f"  p50 {result.p50 * 1e3:7.1f} ms  p99 {result.p99 * 1e3:7.1f} ms"
+                    + (f"  non-2xx {result.non_2xx}" if result.non_2xx else "")
+                    + (f"  socket errors {result.errors}" if result.errors else "")
+                )
+                results.add(f"{load.key}.rps", server, result.requests_per_second)
+                results.add(f"{load.key}.p50", server, result.p50 * 1e3)
+                results.add(f"{load.key}.p99", server, result.p99 * 1e3)
+                results.runs.append(
+                    {"round": round_number, "scenario": load.key, "server": server.key, **result.to_json()}
+                )
+                if result.non_2xx or result.errors:
+                    results.notes.append(
+                        f"{server.name}, {load.title}, round {round_number}: {result.non_2xx} non-2xx responses "
+                        f"and {result.errors} socket errors out of {result.requests:,} requests "
+                        "(req/s counts them)"
+                    )
+
+
+def measure_idle(servers: list[Server], args: argparse.Namespace, results: Results) -> None:
+    say(f"idle memory: {args.idle_settle:.0f} s to settle, then {args.idle_samples} samples")
+    time.sleep(args.idle_settle)
+    for _ in range(args.idle_samples):
+        for server in servers:
+            sample = procs.measure(server.roots())
+            results.add("memory.idle_rss", server, sample.rss / MIB)
+            results.add("memory.idle_pss", server, sample.pss / MIB)
+        time.sleep(0.5)
+    for server in servers:
+        say(f"{server.name}: {procs.measure(server.roots()).processes} processes")
+
+
+def measure_restarts(servers: list[Server], args: argparse.Namespace, results: Results) -> None:
+    for number in range(1, args.restarts + 1):
+        for server in servers:
+            listening, unsealed = server.restart_to_unsealed()
+            results.add("restart.seconds", server, unsealed)
+            results.add("restart.listening", server, listening)
+            say(f"restart {number:2d} {server.name:<8} listening after {listening:.3f} s, "
+                f"unsealed after {unsealed:.3f} s")
+            time.sleep(args.restart_pause)
+
+
+def facts(servers: list[Server], args: argparse.Namespace) -> dict[str, Any]:
+    from vaultd.config import DEFAULT_THREADS
+
+    by_key = {server.key: server for server in servers}
+    return {
+        **report.machine_facts(),
+        "vaultd_version": by_key["vaultd"].version(),
+        "vaultd_workers": os.cpu_count(),
+        "vaultd_threads": DEFAULT_THREADS,
+        "openbao_version": by_key["openbao"].version(),
+        "wrk_version": wrk.version(),
+        "wrk_threads": args.wrk_threads,
+        "rounds": args.rounds,
+        "duration_seconds": args.duration,
+        "warmup_seconds": args.warmup,
+        "restarts": args.restarts,
+        "secrets": args.secrets,
+    }
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@contextmanager
+def running(servers: list[Server], workdir: Path) -> Iterator[None]:
+    """Stop every process on the way out, whatever happened, and remove the
+    servers' state (keys, data); the logs stay for a post-mortem."""
+    try:
+        yield
+    finally:
+        for server in servers:
+            try:
+                server.close()
+                say(f"stopped {server.name}")
+            except Exception as exc:  # keep closing the others
+                say(f"stopping {server.name} failed: {exc}")
+        for server in servers:
+            shutil.rmtree(server.state, ignore_errors=True)
+        say("removed the servers' data and keys")
+        say(f"logs kept in {workdir / 'logs'}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of scenarios 1-4 (default 3)")
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds per wrk run (default 6)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per scenario (default 2)")
+    parser.add_argument("--restarts", type=int, default=10, help="timed restarts per server (default 10)")
+    parser.add_argument("--restart-pause", type=float, default=0.5, help=argparse.SUPPRESS)
+    parser.add_argument("--secrets", type=int, default=10_000, help="secrets for scenario 3 (default 10000)")
+    parser.add_argument("--idle-settle", type=float, default=3.0, help=argparse.SUPPRESS)
+    parser.add_argument("--idle-samples", type=int, default=5, help=argparse.SUPPRESS)
+    parser.add_argument("--wrk-threads", type=int, default=os.cpu_count() or 2, help="wrk threads (default: cores)")
+    parser.add_argument("--workdir", type=Path, default=HERE / ".work", help="scratch state, wiped at start")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="where latest.md/json go")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.restarts < 1 or args.secrets < 1 or args.duration < 1:
+        parser.error("--rounds, --restarts, --secrets and --duration must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    load_at_start = os.getloadavg()
+    wrk.binary()  # fail now, not after minutes of setup
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    workdir = private_dir(args.workdir)
+    logdir = private_dir(workdir / "logs")
+    servers: list[Server] = [Vaultd(workdir, logdir), OpenBao(workdir, logdir)]
+    results = Results()
+    with running(servers, workdir):
+        for server in servers:
+            say(f"starting {server.name} on {server.url}")
+            server.start()
+        for server in servers:
+            took = server.prefill(MANY_PREFIX, args.secrets)
+            say(f"{server.name}: wrote {args.secrets:,} secrets in {took:.1f} s ({args.secrets / took:,.0f}/s)")
+        measure_loads(servers, args, results)
+        measure_idle(servers, args, results)
+        load_findings = {server.key: server.findings() for server in servers}
+        measure_restarts(servers, args, results)
+        machine = facts(servers, args)
+    for server in servers:
+        for line in load_findings[server.key][:10]:
+            results.notes.append(f"{server.name} logged during scenarios 1-4: `{line[:300]}`")
+        restart_only = [line for line in server.findings() if line not in load_findings[server.key]]
+        for line in restart_only[:10]:
+            results.notes.append(f"{server.name} logged during restarts: `{line[:300]}`")
+    machine["loadavg_start"] = [round(load, 2) for load in load_at_start]
+    machine["loadavg_end"] = [round(load, 2) for load in os.getloadavg()]
+    if load_at_start[0] >= 1.0:
+        results.notes.append(
+            f"the machine was busy before the run (1-minute load average {load_at_start[0]:.1f} on "
+            f"{machine['cores']} cores): absolute numbers are low and noisy; the A B alternation keeps the "
+            "ratios fairer than the absolutes"
+        )
+    summary = report.summarise(results.values)
+    machine["total_seconds"] = round(time.monotonic() - _started, 1)
+    table = report.markdown(summary, machine, results.notes)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_atomic(args.out / "latest.md", table)
+    write_atomic(
+        args.out / "latest.json",
+        json.dumps(
+            {"facts": machine, "summary": summary, "values": results.values, "wrk_runs": results.runs,
+             "notes": results.notes},
+            indent=2,
+        ) + "\n",
+    )
+    print(table)
+    say(f"done in {machine['total_seconds']:.0f} s; wrote {args.out / 'latest.md'} and latest.json")
+    return 0
+
+
+def entry() -> int:
+    try:
+        return main()
+    except (ServerError, wrk.WrkError) as exc:
+        say(f"bench failed: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(entry())
+

