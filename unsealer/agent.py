@@ -29,6 +29,7 @@ import tenacity
 from unsealer import exitcodes
 from unsealer.client import DaemonClient, DaemonRefused, DaemonState, DaemonUnavailable, wipe
 from unsealer.settings import AgentSettings
+from vaultd.logging import log_event
 from vaultd.seal.base import AutoSeal, SealError
 
 log = logging.getLogger("vaultd.unsealer")
@@ -109,7 +110,9 @@ class Agent:
                 self.run_episode()
                 self.stop_event.wait(self.settings.poll_interval)
         except AgentExit as exc:
-            log.error("%s; exiting with code %d (%s)", exc, exc.code, exitcodes.NAMES.get(exc.code, "?"))
+            name = exitcodes.NAMES.get(exc.code, "?")
+            log_event(log, "unseal_failed", "%s; exiting with code %d (%s)", exc, exc.code, name,
+                      exit_code=exc.code, exit_name=name)
             return exc.code
         log.info("stopping")
         return exitcodes.OK
@@ -178,6 +181,8 @@ class Agent:
             kek = bytearray(self.seal.unwrap(stored))
         except SealError as exc:
             if exc.permanent:
+                log_event(log, "kms_error", "KMS refused to unwrap the stored key (%s)", exc.code,
+                          level=logging.ERROR, kms_error_code=exc.code, attempt=self.attempts, permanent=True)
                 raise AgentExit(
                     exitcodes.for_seal_error(exc),
                     f"KMS refused to unwrap the stored key ({exc.code}): {exc}",
@@ -242,7 +247,10 @@ class Agent:
         if isinstance(exc, BootChanged):
             level, cause = logging.INFO, str(exc)
         elif isinstance(exc, SealError):
-            level, cause = logging.WARNING, f"KMS not available ({exc.code}): {exc}"
+            log_event(log, "kms_error", "attempt %d failed: KMS not available (%s): %s; retrying in %.2f s",
+                      retry_state.attempt_number, exc.code, exc, delay, kms_error_code=exc.code,
+                      attempt=retry_state.attempt_number, retry_delay_sec=delay, permanent=False)
+            return
         else:
             level, cause = logging.WARNING, f"daemon not available: {exc}"
         log.log(level, "attempt %d failed: %s; retrying in %.2f s", retry_state.attempt_number, cause, delay)

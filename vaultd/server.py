@@ -12,14 +12,18 @@ the first unseal happens.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import gunicorn.app.base
+import gunicorn.arbiter
+import gunicorn.glogging
 
 from vaultd import __version__
 from vaultd.api.app import create_app
@@ -28,7 +32,7 @@ from vaultd.core.core import Core, CoreSettings
 from vaultd.core.lifecycle import InitRequest
 from vaultd.core.router import new_mount
 from vaultd.core.seal_state import SharedSealState
-from vaultd.logging import setup_logging
+from vaultd.logging import log_event, route_to_root, set_log_level, setup_logging
 from vaultd.seal.base import AutoSeal
 from vaultd.storage import open_storage
 from vaultd.storage.base import Storage
@@ -47,67 +51,163 @@ def open_seal(config: Config) -> AutoSeal | None:
 
 
 class Notifier:
-    """Tells systemd how the server is doing, from the gunicorn master."""
+    """Tells systemd how the server is doing, from the gunicorn master.
 
-    def __init__(self, shared: SharedSealState, core: Core, socket_path: str | None, workers: int) -> None:
+    READY=1 goes out once, after the first unseal, so that units ordered
+    after vaultd start only when it can serve secrets.  Until then STATUS=
+    says what it waits for, and EXTEND_TIMEOUT_USEC= is renewed while the
+    master is alive and can read its state: a daemon waiting for a KMS that
+    is down stays "activating" for as long as it takes, instead of being
+    killed by TimeoutStartSec= and restarted in a loop, while a daemon that
+    hangs before it gets here still times out.
+    """
+
+    POLL_INTERVAL = 0.2
+    EXTEND_INTERVAL = 10.0
+    """Seconds between two EXTEND_TIMEOUT_USEC= messages."""
+    EXTEND_BY_USEC = 30_000_000
+    """How far each message moves the start timeout (three missed renewals)."""
+
+    def __init__(
+        self,
+        shared: SharedSealState,
+        core: Core,
+        send: Callable[[str], None] | None,
+        workers: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.shared = shared
         self.core = core
-        self.socket_path = socket_path
-        self.worker_count = workers
+        self.workers = workers
+        self._sender = send
+        self._clock = clock
         self._ready_sent = False
+        self._stopping = False
         self._last_status = ""
+        self._last_kind = ""
+        self._last_extend: float | None = None
+        self._pid = os.getpid()
 
-    def _send(self, message: str) -> None:
-        if not self.socket_path:
-            return
+    @staticmethod
+    def connect() -> Callable[[str], None] | None:
+        """Take ``NOTIFY_SOCKET`` out of the environment (gunicorn would send
+        READY=1 as soon as it listens, and workers must not inherit it) and
+        return a sender bound to it, or None outside systemd."""
+        if not os.environ.get("NOTIFY_SOCKET"):
+            os.environ.pop("NOTIFY_SOCKET", None)
+            return None
         import sdnotify
 
-        notifier = sdnotify.SystemdNotifier()
-        os.environ["NOTIFY_SOCKET"] = self.socket_path
-        try:
-            notifier.notify(message)
-        finally:
-            os.environ.pop("NOTIFY_SOCKET", None)
+        notifier = sdnotify.SystemdNotifier()  # connects to NOTIFY_SOCKET now
+        os.environ.pop("NOTIFY_SOCKET", None)
+        send: Callable[[str], None] = notifier.notify
+        return send
 
-    def status_text(self) -> str:
-        lifecycle = self.core.lifecycle
-        config = lifecycle.seal_config()
+    @property
+    def ready_sent(self) -> bool:
+        return self._ready_sent
+
+    def _send(self, message: str) -> None:
+        # Workers inherit this object and its socket when the master forks;
+        # only the master (systemd's main PID) may speak.
+        if self._sender is not None and os.getpid() == self._pid:
+            self._sender(message)
+
+    def state(self) -> tuple[str, str]:
+        """(kind, STATUS text); kind is uninitialized, sealed, operator or unsealed."""
+        config = self.core.lifecycle.seal_config()
         if config is None:
-            return "uninitialized: run vaultctl operator init"
+            return "uninitialized", "uninitialized: run vaultctl operator init"
         if self.shared.unsealed:
-            return f"unsealed, {self.workers} workers"
+            return "unsealed", f"unsealed, {self.workers} workers"
         if self.shared.sealed_by_operator:
-            return "sealed by operator"
-        if config.recovery_seal:
-            return "sealed: waiting for unsealer"
-        with self.shared.locked():
-            progress = len(self.shared.parts())
-        return f"sealed: {progress}/{config.secret_threshold} key shares"
+            return "operator", "sealed by operator"
+        progress = 0
+        if config.unseal_shares:
+            with self.shared.locked():
+                progress = len(self.shared.parts())
+        if config.recovery_seal and progress == 0:
+            # Break-glass shares being entered show as progress below.
+            return "sealed", "sealed: waiting for unsealer"
+        return "sealed", f"sealed: {progress}/{config.unseal_threshold} key shares"
 
     def poll_once(self) -> None:
-        status = self.status_text()
+        kind, status = self.state()
+        lines = []
         if status != self._last_status:
-            self._last_status = status
-            log.info("status: %s", status)
-            message = f"STATUS={status}"
-            if self.shared.unsealed and not self._ready_sent:
-                self._ready_sent = True
-                message = "READY=1\n" + message
-            self._send(message)
+            if kind == "sealed" and self._last_kind != "sealed":
+                log_event(log, "sealed", "status: %s", status, boot_id=self.shared.boot_id)
+            else:
+                log.info("status: %s", status)
+            self._last_status, self._last_kind = status, kind
+            lines.append(f"STATUS={status}")
+        now = self._clock()
+        if kind == "unsealed" and not self._ready_sent:
+            self._ready_sent = True
+            lines.insert(0, "READY=1")
+        elif not self._ready_sent and (self._last_extend is None or now - self._last_extend >= self.EXTEND_INTERVAL):
+            self._last_extend = now
+            lines.append(f"EXTEND_TIMEOUT_USEC={self.EXTEND_BY_USEC}")
+        if lines and not self._stopping:
+            self._send("\n".join(lines))
 
     def run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 self.poll_once()
             except Exception as exc:  # keep notifying whatever one poll hit
                 log.warning("status poll failed: %s", type(exc).__name__)
-            time.sleep(0.2)
+            time.sleep(self.POLL_INTERVAL)
 
     def start(self) -> None:
         threading.Thread(target=self.run, name="vaultd-notify", daemon=True).start()
 
+    def reloading(self) -> None:
+        """Before a SIGHUP reload.  Only a ready service can reload: before
+        READY=1 systemd is still waiting for the start."""
+        if self._ready_sent:
+            self._send(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}\nSTATUS=reloading")
+
+    def reloaded(self) -> None:
+        if self._ready_sent:
+            self._send(f"READY=1\nSTATUS={self._last_status}")
+
     def stopping(self) -> None:
-        self._send("STOPPING=1")
+        if not self._stopping:
+            self._stopping = True
+            self._send("STOPPING=1\nSTATUS=stopping")
+
+
+class VaultdLogger(gunicorn.glogging.Logger):
+    """gunicorn's error (and access) log through vaultd's handler: one
+    format, journald fields under systemd, no second timestamp."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        route_to_root(self.error_log, self.access_log)
+
+
+class VaultdArbiter(gunicorn.arbiter.Arbiter):
+    """gunicorn's master, telling systemd about reloads and shutdowns."""
+
+    def __init__(self, app: VaultdApplication) -> None:
+        self.notifier = app.notifier
+        super().__init__(app)
+
+    def handle_hup(self) -> None:
+        # No try/finally: a worker forked during the reload unwinds through
+        # here when it exits, and must not report anything.
+        if self.notifier is not None:
+            self.notifier.reloading()
+        super().handle_hup()
+        if self.notifier is not None:
+            self.notifier.reloaded()
+
+    def stop(self, graceful: bool = True) -> None:
+        if self.notifier is not None:
+            self.notifier.stopping()
+        super().stop(graceful)
 
 
 class VaultdApplication(gunicorn.app.base.BaseApplication):
@@ -118,9 +218,13 @@ class VaultdApplication(gunicorn.app.base.BaseApplication):
         self.shared = shared
         self.settings = settings
         self.notifier = notifier
+        self._loaded_once = False
         super().__init__()
 
     def load_config(self) -> None:
+        if self._loaded_once:
+            self._reread_config()
+        self._loaded_once = True
         config = self.vaultd_config
         listeners = config.listeners
         tls = {(item.tls_disable, item.tls_cert_file, item.tls_key_file) for item in listeners}
@@ -141,18 +245,51 @@ class VaultdApplication(gunicorn.app.base.BaseApplication):
             "keepalive": 30,
             "errorlog": "-",
             "accesslog": None,
+            "logger_class": VaultdLogger,
             "loglevel": "warning" if config.log_level.lower() not in ("debug", "trace") else "debug",
             "proc_name": "vaultd",
             "preload_app": False,
             "when_ready": self._when_ready,
             "on_exit": self._on_exit,
         }
+        if "control_socket_disable" in self.cfg.settings:
+            # gunicorn >= 24 opens a control socket under $HOME: nothing in
+            # vaultd uses it, and the units give the daemon no home to write.
+            settings["control_socket_disable"] = True
         if not first.tls_disable:
             settings["certfile"] = first.tls_cert_file
             settings["keyfile"] = first.tls_key_file
         for key, value in settings.items():
             self.cfg.set(key, value)
         self.worker_count = workers
+
+    def _reread_config(self) -> None:
+        """SIGHUP: take the log level and the TLS certificate and key files
+        from the file again (new workers load the certificates afresh).
+        Anything else needs a restart; a file that no longer loads is
+        reported and the running configuration kept, since gunicorn would
+        otherwise exit on it."""
+        path = self.vaultd_config.path
+        if path is None:
+            return
+        try:
+            fresh = load_config(path)
+        except ConfigError as exc:
+            log.error("reload: %s; keeping the running configuration", exc)
+            return
+        current = self.vaultd_config
+        if [item.address for item in fresh.listeners] == [item.address for item in current.listeners]:
+            listeners = [
+                dataclasses.replace(old, tls_cert_file=new.tls_cert_file, tls_key_file=new.tls_key_file)
+                for old, new in zip(current.listeners, fresh.listeners, strict=True)
+            ]
+        else:
+            log.warning("reload: listener addresses changed; restart vaultd to apply that")
+            listeners = current.listeners
+        self.vaultd_config = dataclasses.replace(current, log_level=fresh.log_level, listeners=listeners)
+        set_log_level(fresh.log_level)
+        log.info("reloaded %s: log level %s, TLS %s", path, fresh.log_level,
+                 "disabled" if listeners[0].tls_disable else f"certificate {listeners[0].tls_cert_file}")
 
     def _when_ready(self, _arbiter: Any) -> None:
         if self.notifier is not None:
@@ -165,6 +302,13 @@ class VaultdApplication(gunicorn.app.base.BaseApplication):
     def load(self) -> Any:
         core = Core(self.physical, self.shared, self.settings)
         return create_app(core, max_request_size=self.vaultd_config.listeners[0].max_request_size)
+
+    def run(self) -> None:
+        try:
+            VaultdArbiter(self).run()
+        except RuntimeError as exc:
+            print(f"\nError: {exc}\n", file=sys.stderr, flush=True)
+            sys.exit(1)
 
 
 def build(config: Config) -> tuple[Storage, SharedSealState, CoreSettings]:
@@ -198,7 +342,7 @@ def serve(args: argparse.Namespace) -> int:
         print(f"Error loading configuration: {exc}", file=sys.stderr)
         return 1
     setup_logging(config.log_level)
-    notify_socket = os.environ.pop("NOTIFY_SOCKET", None)
+    notify = Notifier.connect()
     try:
         physical, shared, settings = build(config)
     except (ConfigError, ValueError) as exc:
@@ -214,7 +358,7 @@ def serve(args: argparse.Namespace) -> int:
             f"Unseal Key: {unseal_key}\nRoot Token: {root_token}\n",
             flush=True,
         )
-    notifier = Notifier(shared, master_core, notify_socket, config.workers or os.cpu_count() or 1)
+    notifier = Notifier(shared, master_core, notify, config.workers or os.cpu_count() or 1)
     app = VaultdApplication(config, physical=physical, shared=shared, settings=settings, notifier=notifier)
     notifier.workers = app.worker_count
     log.info("vaultd %s starting: storage %s, seal %s", __version__, config.storage.type,

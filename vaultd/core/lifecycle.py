@@ -236,6 +236,9 @@ class Lifecycle:
             if auto:
                 assert self.seal is not None
                 try:
+                    # DescribeKey first: a mistyped, disabled or asymmetric key
+                    # is named as such, not as a failed Encrypt.
+                    self.seal.describe_key()
                     stored = self.seal.wrap(kek, {"vaultd:cluster_id": cluster_id})
                 except SealError as exc:
                     log_event(log, "kms_error", "init: the %s seal could not wrap the new unseal key (%s)",

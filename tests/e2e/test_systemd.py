@@ -1,0 +1,436 @@
+"""The Debian package under a real booted systemd: install, readiness only
+when unsealed, restart and crash recovery, a KMS outage at start, the
+journal, and the units' hardening.
+
+One Debian bookworm container (``tests/e2e/nspawn.py``) boots from a cached
+debootstrap; the .deb is built by ``make deb`` meanwhile.  The KMS emulator
+(moto) and a fault proxy in front of it run on the host's loopback, which
+the container shares.  The steps build on each other, as an operator's day
+does, so they are one test; each prints what it measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.e2e.nspawn import Container, booted, control_depends, host_mirror, mirror_reachable, rootfs
+from tests.faultproxy import FaultProxy
+from tests.kms_fixtures import ACCESS_KEY, SECRET_KEY, MotoServer, create_kms_key, free_port, start_moto_server
+from vaultd.logging import EVENTS
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+START_TIMEOUT_FOR_TEST = 15
+"""TimeoutStartSec= for the KMS-outage step (the unit ships 90 s): the test
+waits past it to show EXTEND_TIMEOUT_USEC keeps a waiting daemon alive."""
+SECRET_VALUE = "e2e-secret-value-4f1d9a"
+
+
+def _requirements() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (debootstrap, overlay mounts, systemd-nspawn)"
+    for tool in ("debootstrap", "systemd-nspawn", "nsenter", "mount", "make"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (make e2e-deps installs it)"
+    return None
+
+
+def wait_until(condition: Callable[[], Any], what: str, timeout: float = 90.0, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Report:
+    """Prints each measurement at once (past pytest's capture), so a run
+    shows its numbers whether or not it passes."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
+        self.capsys = capsys
+        self.started = time.monotonic()
+
+    def __call__(self, text: str) -> None:
+        with self.capsys.disabled():
+            print(f"\n[e2e {time.monotonic() - self.started:6.1f}s] {text}", flush=True)
+
+
+@pytest.fixture
+def report(capsys: pytest.CaptureFixture[str]) -> Report:
+    return Report(capsys)
+
+
+@pytest.fixture
+def kms() -> Iterator[tuple[MotoServer, FaultProxy]]:
+    server = start_moto_server()
+    try:
+        with FaultProxy(server.endpoint) as proxy:
+            yield server, proxy
+    finally:
+        server.stop()
+
+
+def build_deb(out: Path, build_dir: Path, log: Path) -> Path:
+    with open(log, "wb") as output:
+        subprocess.run(
+            ["make", "-C", str(ROOT), "--no-print-directory", "deb", f"DEB_OUT={out}", f"DEB_BUILD_DIR={build_dir}"],
+            stdout=output, stderr=subprocess.STDOUT, check=True, timeout=900,
+        )
+    debs = sorted(out.glob("vaultd_*_all.deb"))
+    assert len(debs) == 1, debs
+    return debs[0]
+
+
+class Vaultd:
+    """What the test does to vaultd inside the container."""
+
+    def __init__(self, container: Container, port: int) -> None:
+        self.c = container
+        self.url = f"http://127.0.0.1:{port}"
+
+    def state(self, unit: str = "vaultd.service") -> dict[str, str]:
+        return self.c.show(unit, "ActiveState", "SubState", "StatusText", "MainPID", "NRestarts", "Result",
+                           "ExecMainStartTimestampMonotonic", "ActiveEnterTimestampMonotonic")
+
+    def wait_state(self, active: str, status_prefix: str = "", *, unit: str = "vaultd.service",
+                   timeout: float = 90.0, new_pid_than: str | None = None) -> dict[str, str]:
+        def reached() -> dict[str, str] | None:
+            state = self.state(unit)
+            if state["ActiveState"] != active or not state["StatusText"].startswith(status_prefix):
+                return None
+            if new_pid_than is not None and state["MainPID"] in ("0", new_pid_than):
+                return None
+            return state
+        return wait_until(reached, f"{unit} {active} / {status_prefix!r}", timeout)
+
+    def journal(self, *args: str) -> str:
+        return self.c.run("journalctl", "--no-pager", *args).stdout
+
+    def cursor(self) -> str:
+        out = self.c.run("journalctl", "--no-pager", "-n", "0", "--show-cursor").stdout
+        return out.strip().rsplit("cursor: ", 1)[1]
+
+    def vaultctl(self, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {"VAULT_ADDR": self.url, **({"VAULT_TOKEN": token} if token else {})}
+        return self.c.run("vaultctl", *args, env=env)
+
+
+def test_vaultd_under_systemd(tmp_path: Path, kms: tuple[MotoServer, FaultProxy], report: Report) -> None:
+    reason = _requirements()
+    if reason:
+        pytest.skip(reason)
+    mirror = host_mirror()
+    control = ROOT / "packaging/debian/control"
+
+    # -- the .deb (make deb) while the root filesystem is made or found ------
+    deb_result: dict[str, Any] = {}
+
+    def build() -> None:
+        started = time.monotonic()
+        try:
+            deb_result["deb"] = build_deb(tmp_path / "out", tmp_path / "debbuild", tmp_path / "deb.log")
+        except BaseException as exc:  # reported by the main thread
+            deb_result["error"] = exc
+        deb_result["seconds"] = time.monotonic() - started
+
+    builder = threading.Thread(target=build, name="make-deb")
+    builder.start()
+    started = time.monotonic()
+    try:
+        lower, fresh = rootfs(control_depends(control), mirror, tmp_path / "debootstrap.log")
+    except Exception:
+        builder.join()
+        if not mirror_reachable(mirror):
+            pytest.skip(f"debootstrap impossible: {mirror} is not reachable")
+        raise
+    report(f"root filesystem: {'debootstrap (cold)' if fresh else 'cache (warm)'} "
+           f"in {time.monotonic() - started:.1f} s: {lower}")
+    builder.join()
+    if "error" in deb_result:
+        log = (tmp_path / "deb.log").read_text(errors="replace")[-3000:]
+        raise AssertionError(f"make deb failed:\n{log}") from deb_result["error"]
+    deb: Path = deb_result["deb"]
+    report(f"make deb (dpkg-buildpackage + lintian): {deb.name} in {deb_result['seconds']:.1f} s")
+
+    moto, proxy = kms
+    key = create_kms_key(moto.endpoint)
+    port = free_port()
+    started = time.monotonic()
+    with booted(lower, tmp_path / "container") as c:
+        report(f"container booted in {time.monotonic() - started:.1f} s")
+        v = Vaultd(c, port)
+        try:
+            run_scenario(c, v, deb, key.key_id, proxy, report)
+        finally:  # for the post-mortem: pytest keeps the last runs' tmp_path
+            journal = c.run("journalctl", "--no-pager", "-o", "short-monotonic", check=False, timeout=60)
+            (tmp_path / "journal.txt").write_text(journal.stdout)
+            report(f"container journal saved to {tmp_path / 'journal.txt'}")
+
+
+def run_scenario(c: Container, v: Vaultd, deb: Path, key_id: str, proxy: FaultProxy, report: Report) -> None:
+    # -- apt install: returns although the server is uninitialised -----------
+    shutil.copy(deb, c.path("/root") / deb.name)
+    started = time.monotonic()
+    install = c.run("apt-get", "install", "-y", f"/root/{deb.name}", timeout=600)
+    report(f"apt-get install returned in {time.monotonic() - started:.1f} s")
+    assert "--no-block" in install.stdout, install.stdout
+    assert c.run("systemctl", "is-enabled", "vaultd.service").stdout.strip() == "enabled"
+    state = v.wait_state("activating", "uninitialized: run vaultctl operator init", timeout=60)
+    assert state["SubState"] == "start"
+    agent = v.state("vaultd-unsealer.service")
+    assert agent["ActiveState"] == "inactive" and agent["Result"] == "exec-condition", agent  # shamir: skipped
+    assert c.run("stat", "-c", "%a %U %G", "/etc/vaultd/vaultd.hcl").stdout.split() == ["640", "root", "vaultd"]
+    for name in ("/etc/default/vaultd", "/etc/default/vaultd-unsealer"):
+        assert c.run("stat", "-c", "%a %U", name).stdout.split() == ["600", "root"]
+    assert c.run("id", "-u", "vaultd").returncode == 0
+
+    # -- configure seal "awskms" against the emulator, credentials in 0600 files
+    c.path("/etc/vaultd/vaultd.hcl").write_text(f"""
+storage "file" {{
+  path = "/var/lib/vaultd"
+}}
+listener "tcp" {{
+  address     = "127.0.0.1:{v.url.rsplit(':', 1)[1]}"
+  tls_disable = true
+}}
+log_level = "info"
+workers   = 2
+seal "awskms" {{
+  region     = "us-east-1"
+  kms_key_id = "{key_id}"
+  endpoint   = "{proxy.url}"
+}}
+unsealer {{
+  initial_backoff = "200ms"
+  max_backoff     = "2s"
+}}
+""")
+    credentials = (f"AWS_ACCESS_KEY_ID={ACCESS_KEY}\nAWS_SECRET_ACCESS_KEY={SECRET_KEY}\n"
+                   "AWS_EC2_METADATA_DISABLED=true\n")
+    for name in ("/etc/default/vaultd", "/etc/default/vaultd-unsealer"):
+        c.path(name).write_text(credentials)  # keeps the file's 0600
+    assert c.run("stat", "-c", "%a", "/etc/default/vaultd-unsealer").stdout.strip() == "600"
+    before = v.state()["MainPID"]
+    c.run("systemctl", "restart", "--no-block", "vaultd.service")
+    v.wait_state("activating", "uninitialized", new_pid_than=before)
+    v.wait_state("active", unit="vaultd-unsealer.service")  # pulled in by vaultd, condition met now
+
+    # -- init with recovery shares: unsealed at once, READY ---------------------
+    init = json.loads(v.vaultctl("operator", "init", "-recovery-shares=3", "-recovery-threshold=2",
+                                 "-format=json").stdout)
+    root_token = init["root_token"]
+    secrets = [root_token, SECRET_VALUE, SECRET_KEY, *init["recovery_keys_hex"], *init["recovery_keys_b64"]]
+    state = v.wait_state("active", "unsealed, 2 workers")
+    headers = {"X-Vault-Token": root_token}
+    requests.post(f"{v.url}/v1/sys/mounts/secret", json={"type": "kv", "options": {"version": "2"}},
+                  headers=headers, timeout=10).raise_for_status()
+    requests.post(f"{v.url}/v1/secret/data/e2e", json={"data": {"value": SECRET_VALUE}},
+                  headers=headers, timeout=10).raise_for_status()
+
+    def data_intact() -> None:
+        response = requests.get(f"{v.url}/v1/secret/data/e2e", headers=headers, timeout=10)
+        assert response.status_code == 200, response.text
+        assert response.json()["data"]["data"] == {"value": SECRET_VALUE}
+
+    data_intact()
+
+    # -- systemctl restart: blocks until READY, i.e. until unsealed -----------
+    before = state["MainPID"]
+    started = time.monotonic()
+    c.run("systemctl", "restart", "vaultd.service", timeout=120)
+    took = time.monotonic() - started
+    state = v.state()
+    assert state["ActiveState"] == "active" and state["MainPID"] != before, state
+    assert state["StatusText"] == "unsealed, 2 workers", state
+    ready = (int(state["ActiveEnterTimestampMonotonic"]) - int(state["ExecMainStartTimestampMonotonic"])) / 1e6
+    report(f"systemctl restart vaultd -> READY (unsealed by the agent): {took:.2f} s "
+           f"(systemd: exec to READY {ready:.2f} s)")
+    data_intact()
+
+    # -- kill -9 the main PID: systemd restarts it, the agent unseals it -------
+    before, restarts = state["MainPID"], int(state["NRestarts"])
+    started = time.monotonic()
+    c.run("sh", "-c", f"kill -9 {before}")
+    state = v.wait_state("active", "unsealed", new_pid_than=before)
+    took = time.monotonic() - started
+    assert int(state["NRestarts"]) == restarts + 1, state
+    report(f"kill -9 {before} -> restarted and READY again in {took:.2f} s (NRestarts {state['NRestarts']})")
+    data_intact()
+
+    # -- systemctl reload: RELOADING=1 ... READY=1, log level re-read ----------
+    config = c.path("/etc/vaultd/vaultd.hcl")
+    config.write_text(config.read_text().replace('log_level = "info"', 'log_level = "debug"'))
+    cursor = v.cursor()
+    c.run("systemctl", "reload", "vaultd.service", timeout=60)
+    wait_until(lambda: "log level debug" in v.journal("-u", "vaultd", f"--after-cursor={cursor}"),
+               "the reload to be logged")
+    after = v.wait_state("active", "unsealed")
+    assert after["MainPID"] == state["MainPID"] and after["NRestarts"] == state["NRestarts"], after
+
+    # -- a dependent unit, and KMS down while vaultd restarts -------------------
+    c.path("/etc/systemd/system/vaultd-consumer.service").write_text(f"""[Unit]
+Description=needs secrets from vaultd
+Requires=vaultd.service
+After=vaultd.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+# (no % in here: systemd would expand it as a specifier)
+ExecStart=/usr/bin/python3 -c "import json, sys, urllib.request; \\
+s = json.load(urllib.request.urlopen('{v.url}/v1/sys/seal-status')); \\
+print('consumer saw sealed=' + str(s['sealed'])); sys.exit(1 if s['sealed'] else 0)"
+""")
+    dropin = c.path("/etc/systemd/system/vaultd.service.d/e2e-start-timeout.conf")
+    dropin.parent.mkdir(parents=True, exist_ok=True)
+    dropin.write_text(f"[Service]\nTimeoutStartSec={START_TIMEOUT_FOR_TEST}s\n")
+    c.run("systemctl", "daemon-reload")
+
+    proxy.go_down()
+    cursor = v.cursor()
+    before = after["MainPID"]
+    restarted_at = time.monotonic()
+    c.run("systemctl", "restart", "--no-block", "vaultd.service")
+    state = v.wait_state("activating", "sealed: waiting for unsealer", new_pid_than=before)
+    c.run("systemctl", "start", "--no-block", "vaultd-consumer.service")
+
+    def kms_warnings() -> list[str]:
+        out = v.journal("-u", "vaultd-unsealer", "-p", "warning", f"--after-cursor={cursor}", "-o", "cat")
+        return [line for line in out.splitlines() if "KMS" in line]
+
+    warnings = wait_until(lambda: len(kms_warnings()) >= 3 and kms_warnings(), "the agent's KMS warnings")
+    # Past the start timeout: only EXTEND_TIMEOUT_USEC keeps the unit alive.
+    time.sleep(max(0.0, START_TIMEOUT_FOR_TEST + 5 - (time.monotonic() - restarted_at)))
+    during = v.state()
+    assert during["ActiveState"] == "activating", during
+    # (a manual restart resets NRestarts; an automatic one would raise it)
+    assert during["MainPID"] == state["MainPID"] and during["NRestarts"] == state["NRestarts"], during
+    assert during["StatusText"] == "sealed: waiting for unsealer", during
+    consumer = v.state("vaultd-consumer.service")
+    assert consumer["ActiveState"] == "inactive", consumer
+    assert "vaultd-consumer.service" in c.run("systemctl", "list-jobs", "--no-legend").stdout
+    report(f"KMS down: vaultd still activating after {time.monotonic() - restarted_at:.0f} s "
+           f"(TimeoutStartSec={START_TIMEOUT_FOR_TEST}s), NRestarts {during['NRestarts']}, "
+           f"{len(kms_warnings())} agent warnings, e.g. {warnings[0]!r}")
+
+    proxy.come_up()
+    back = time.monotonic()
+    state = v.wait_state("active", "unsealed", timeout=60)
+    report(f"KMS back -> vaultd active and unsealed in {time.monotonic() - back:.2f} s")
+    consumer = v.wait_state("active", unit="vaultd-consumer.service", timeout=60)
+    assert int(consumer["ExecMainStartTimestampMonotonic"]) >= int(state["ActiveEnterTimestampMonotonic"])
+    assert "consumer saw sealed=False" in v.journal("-u", "vaultd-consumer", "-o", "cat")
+    data_intact()
+
+    # -- operator seal: stays sealed (and the unit active) until a restart ------
+    v.vaultctl("operator", "seal", token=root_token)
+    state = v.wait_state("active", "sealed by operator")
+    wait_until(lambda: "sealed by an operator" in v.journal("-u", "vaultd-unsealer", "-p", "warning", "-o", "cat"),
+               "the agent's warning about the operator seal")
+    assert v.state()["StatusText"] == "sealed by operator"
+
+    # -- upgrade (reinstall): an auto-unsealed server is restarted, no wait -----
+    before = state["MainPID"]
+    started = time.monotonic()
+    upgrade = c.run("apt-get", "install", "-y", "--reinstall", f"/root/{deb.name}", timeout=600)
+    report(f"apt-get install --reinstall returned in {time.monotonic() - started:.1f} s")
+    assert "try-restart" in upgrade.stdout, upgrade.stdout
+    v.wait_state("active", "unsealed", new_pid_than=before)
+    data_intact()
+
+    # -- the journal: MESSAGE_IDs, priorities, fields, no secrets ---------------
+    entries = [json.loads(line) for line in v.journal("-o", "json").splitlines() if line.strip()]
+    check_journal(entries, secrets)
+    raw = c.run("journalctl", "--no-pager", "-o", "export").stdout
+    for secret in secrets:
+        assert secret not in raw, "a secret is in the journal"
+    report(f"journal: {len(entries)} entries, lifecycle MESSAGE_IDs present, none of "
+           f"{len(secrets)} secrets found")
+
+    # -- hardening ---------------------------------------------------------------
+    scores = {}
+    for unit in ("vaultd.service", "vaultd-unsealer.service"):
+        out = c.run("systemd-analyze", "security", "--no-pager", unit).stdout
+        match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out)
+        assert match, out
+        scores[unit] = float(match.group(1))
+    report("systemd-analyze security: " + ", ".join(f"{u} {s}" for u, s in scores.items()))
+    assert all(score <= 2.0 for score in scores.values()), scores
+    assert c.run("systemctl", "is-failed", "vaultd-unsealer.service", check=False).stdout.strip() != "failed"
+
+    # -- remove keeps the state, purge deletes it ---------------------------------
+    c.run("apt-get", "remove", "-y", "vaultd", timeout=300)
+    assert v.state()["ActiveState"] in ("inactive", "failed")
+    assert c.path("/var/lib/vaultd").is_dir()
+    c.run("apt-get", "purge", "-y", "vaultd", timeout=300)
+    assert not c.path("/var/lib/vaultd").exists()
+    assert not c.path("/etc/default/vaultd-unsealer").exists()
+
+    # -- a shamir-sealed server is not restarted by an upgrade --------------------
+    c.run("apt-get", "install", "-y", f"/root/{deb.name}", timeout=600)
+    config = c.path("/etc/vaultd/vaultd.hcl")  # the shipped default: shamir, on our port
+    config.write_text(config.read_text().replace("127.0.0.1:8200", v.url.removeprefix("http://")))
+    c.run("systemctl", "restart", "--no-block", "vaultd.service")
+    v.wait_state("activating", "uninitialized")
+    init = json.loads(v.vaultctl("operator", "init", "-key-shares=1", "-key-threshold=1", "-format=json").stdout)
+    v.wait_state("activating", "sealed: 0/1 key shares")
+    v.vaultctl("operator", "unseal", init["unseal_keys_b64"][0])
+    state = v.wait_state("active", "unsealed")
+    upgrade = c.run("apt-get", "install", "-y", "--reinstall", f"/root/{deb.name}", timeout=600)
+    assert "NOT restarting" in upgrade.stdout, upgrade.stdout
+    after = v.state()
+    assert after["MainPID"] == state["MainPID"] and after["StatusText"].startswith("unsealed"), after
+    report("upgrade of a shamir-sealed server: left running and unsealed, not restarted")
+
+
+def _text(value: object) -> str:
+    if isinstance(value, list):  # journalctl -o json gives non-UTF-8 values as byte arrays
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
+
+
+def check_journal(entries: list[dict[str, Any]], secrets: list[str]) -> None:
+    def find(event: str, identifier: str, priority: str) -> list[dict[str, Any]]:
+        message_id = EVENTS[event].message_id
+        return [e for e in entries if e.get("MESSAGE_ID") == message_id
+                and e.get("SYSLOG_IDENTIFIER") == identifier and e.get("PRIORITY") == priority]
+
+    expected = [
+        ("sealed", "vaultd", "6", "vaultd.service"),
+        ("init", "vaultd", "6", "vaultd.service"),
+        ("unsealed", "vaultd", "6", "vaultd.service"),
+        ("operator_seal", "vaultd", "4", "vaultd.service"),
+        ("kms_error", "vaultd-unsealer", "4", "vaultd-unsealer.service"),
+    ]
+    for event, identifier, priority, unit in expected:
+        found = find(event, identifier, priority)
+        assert found, f"no {event} entry (MESSAGE_ID {EVENTS[event].message_id}, priority {priority})"
+        assert all(e.get("_SYSTEMD_UNIT") == unit for e in found), found[0]
+    kms = find("kms_error", "vaultd-unsealer", "4")[0]
+    assert kms.get("KMS_ERROR_CODE") and kms.get("ATTEMPT") and kms.get("RETRY_DELAY_SEC"), kms
+    unsealed_by = {e.get("UNSEALED_BY") for e in find("unsealed", "vaultd", "6")}
+    assert {"init", "unsealer"} <= unsealed_by, unsealed_by
+    ours = [e for e in entries if e.get("SYSLOG_IDENTIFIER") in ("vaultd", "vaultd-unsealer")]
+    assert any(e.get("LOGGER", "").startswith("gunicorn") for e in ours), "gunicorn's log is not in the journal"
+    for entry in ours:
+        message = _text(entry.get("MESSAGE", ""))
+        assert not re.match(r"\[?\d{4}-\d\d-\d\d[ T]\d\d:\d\d", message), f"a second timestamp: {message!r}"
+        for secret in secrets:
+            assert secret not in message
