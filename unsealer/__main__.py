@@ -17,6 +17,7 @@ from unsealer.agent import Agent
 from unsealer.client import DaemonClient
 from unsealer.settings import SettingsError, settings_from_config
 from vaultd.config import ConfigError, load_config
+from vaultd.hardening import disable_core_dumps
 from vaultd.logging import setup_logging
 from vaultd.seal.awskms import AwsKmsConfigError, AwsKmsSeal
 
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse: --help is 0, a usage error is 2
         return int(exc.code or 0)
+    disable_core_dumps()
     setup_logging(args.log_level or "info", identifier="vaultd-unsealer")
     try:
         config = load_config(args.config)

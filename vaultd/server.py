@@ -32,6 +32,7 @@ from vaultd.core.core import Core, CoreSettings
 from vaultd.core.lifecycle import InitRequest
 from vaultd.core.router import new_mount
 from vaultd.core.seal_state import SharedSealState
+from vaultd.hardening import disable_core_dumps
 from vaultd.logging import log_event, route_to_root, set_log_level, setup_logging
 from vaultd.seal.base import AutoSeal
 from vaultd.storage import open_storage
@@ -336,6 +337,7 @@ def dev_bootstrap(core: Core) -> tuple[str, str]:
 
 
 def serve(args: argparse.Namespace) -> int:
+    disable_core_dumps()
     try:
         config = dev_config(args.dev_listen_address) if args.dev else load_config(args.config)
     except ConfigError as exc:
