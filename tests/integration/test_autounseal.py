@@ -18,6 +18,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -354,7 +355,7 @@ def test_seed_scenario_with_the_bao_cli(stack: Stack, tmp_path: Path) -> None:
 # --- break-glass -----------------------------------------------------------------------
 
 
-def _init_with(stack: Stack, **params: object) -> dict[str, object]:
+def _init_with(stack: Stack, **params: object) -> dict[str, Any]:
     body = stack.daemon.server.call("PUT", "sys/init", json_body=params, timeout=30)
     stack.daemon.server.known_secrets.extend(
         [*body["recovery_keys"], *body["recovery_keys_base64"], body["root_token"]]
@@ -373,7 +374,7 @@ def test_break_glass_recovery_shares_unseal_when_the_kms_key_is_gone(stack: Stac
     stack.kms.fail("NotFoundException")  # the key is gone: every KMS call fails
     stack.daemon.restart()
     assert stack.daemon.state()["sealed"] is True
-    keys = list(init["recovery_keys"])  # type: ignore[call-overload]
+    keys = init["recovery_keys"]
     first = requests.put(url + "/v1/sys/unseal", json={"key": keys[2]}, timeout=10)
     assert first.status_code == 200 and first.json()["progress"] == 1
     second = requests.put(url + "/v1/sys/unseal", json={"key": keys[0]}, timeout=10)
@@ -388,9 +389,7 @@ def test_without_break_glass_recovery_keys_cannot_unseal(stack: Stack) -> None:
     init = _init_with(stack, recovery_shares=1, recovery_threshold=1)
     stack.kms.fail("NotFoundException")
     stack.daemon.restart()
-    refused = requests.put(
-        stack.daemon.url + "/v1/sys/unseal", json={"key": list(init["recovery_keys"])[0]}, timeout=10  # type: ignore[call-overload]
-    )
+    refused = requests.put(stack.daemon.url + "/v1/sys/unseal", json={"key": init["recovery_keys"][0]}, timeout=10)
     assert refused.status_code == 400
     assert "cannot unseal" in refused.json()["errors"][0]
     assert "break_glass" in refused.json()["errors"][0]
