@@ -94,6 +94,8 @@ class Core:
         entry = self.tokens.lookup(token)
         if entry is None:
             raise PermissionDenied()
+        if entry.num_uses:
+            self.tokens.use(entry)
         return entry
 
     def check(self, token: str | None, path: str, operation: Operation, *, sudo: bool = False) -> TokenEntry:

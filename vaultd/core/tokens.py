@@ -279,6 +279,22 @@ class TokenStore:
             self._save(entry)
         return entry
 
+    def use(self, entry: TokenEntry) -> None:
+        """Count one use of a limited-use token (``num_uses``); the request
+        that spends the last use still runs, and the token is revoked with it,
+        as in Vault.  Serialised across workers so no use is counted twice."""
+        with self.storage.lock("tokens"):
+            current = self._load(entry.id_hash)
+            if current is None:
+                raise PermissionDenied()
+            remaining = current.num_uses - 1
+            if remaining <= 0:
+                self._revoke_tree(current)
+            else:
+                current.num_uses = remaining
+                self._save(current)
+            entry.num_uses = max(0, remaining)
+
     def revoke(self, entry: TokenEntry) -> None:
         """Revoke ``entry`` and, unless they are orphans, its descendants."""
         with self.storage.lock("tokens"):
