@@ -289,32 +289,6 @@ def stop_group(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-VAULTD_CONFIG = """\
-storage "file" {{
-  path = "{data}"
-}}
-
-listener "tcp" {{
-  address     = "127.0.0.1:{port}"
-  tls_disable = true
-}}
-
-seal "awskms" {{
-  region     = "{region}"
-  access_key = "{access_key}"
-  secret_key = "{secret_key}"
-  kms_key_id = "{key_id}"
-  endpoint   = "{endpoint}"
-}}
-
-unsealer {{
-  address = "http://127.0.0.1:{port}"
-}}
-
-api_addr      = "http://127.0.0.1:{port}"
-disable_mlock = true
-log_level     = "info"
-"""
 
 
 class Vaultd(Server):
@@ -333,14 +307,13 @@ class Vaultd(Server):
 
     def start(self) -> None:
         from vaultd.dev import kms
+        from vaultd.dev.stack import render_config
 
         # The emulator's werkzeug would log every KMS call to our stderr.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self.kms = kms.start(self.state / "kms-dev-key.json")
-        text = VAULTD_CONFIG.format(
-            data=private_dir(self.state / "data"), port=self.port, region=kms.REGION, access_key=kms.ACCESS_KEY,
-            secret_key=kms.SECRET_KEY, key_id=kms.ALIAS, endpoint=self.kms.endpoint,
-        )
+        text = render_config(private_dir(self.state / "data"), f"127.0.0.1:{self.port}", self.kms)
+        text += f'api_addr = "http://127.0.0.1:{self.port}"\n'
         write_private(self.config, text.encode())
         self.launch_daemon()
         self.initialise()

@@ -27,6 +27,7 @@ import requests
 
 from tests.e2e.nspawn import Container, booted, control_depends, host_mirror, mirror_reachable, rootfs
 from tests.faultproxy import FaultProxy
+from tests.integration.support import wait_for
 from tests.kms_fixtures import ACCESS_KEY, SECRET_KEY, MotoServer, create_kms_key, free_port, start_moto_server
 from vaultd.logging import EVENTS
 
@@ -49,14 +50,9 @@ def _requirements() -> str | None:
 
 
 def wait_until(condition: Callable[[], Any], what: str, timeout: float = 90.0, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    """The integration tests' ``wait_for``, with the slower pace a booted
+    container needs."""
+    return wait_for(condition, what, timeout=timeout, interval=interval)
 
 
 class Report:

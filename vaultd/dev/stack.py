@@ -25,7 +25,7 @@ import requests
 from vaultd.dev import kms
 
 CONFIG = """\
-# Written by `make run` on every start; edit vaultd/dev/stack.py instead.
+# Written by vaultd.dev.stack (make run, make bench) on every start.
 storage "file" {{
   path = "{data}"
 }}
@@ -50,6 +50,16 @@ unsealer {{
 disable_mlock = true
 log_level     = "info"
 """
+
+
+def render_config(data: Path, address: str, emulator: kms.DevKms) -> str:
+    """The config of a one-machine stack: file storage in ``data``, a plain
+    HTTP loopback listener at ``address``, the awskms seal against the dev
+    emulator, and the agent dialling that listener.  ``make bench`` uses it too."""
+    return CONFIG.format(
+        data=data, address=address, region=kms.REGION, access_key=kms.ACCESS_KEY,
+        secret_key=kms.SECRET_KEY, key_id=kms.ALIAS, endpoint=emulator.endpoint,
+    )
 
 
 def _port(preferred: int) -> int:
@@ -92,13 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     emulator = kms.start(state / "kms-dev-key.json")
     address = f"127.0.0.1:{_port(args.port)}"
     config = state / "vaultd.hcl"
-    _write_private(
-        config,
-        CONFIG.format(
-            data=state / "data", address=address, region=kms.REGION, access_key=kms.ACCESS_KEY,
-            secret_key=kms.SECRET_KEY, key_id=kms.ALIAS, endpoint=emulator.endpoint,
-        ),
-    )
+    _write_private(config, render_config(state / "data", address, emulator))
     bindir = Path(sys.executable).parent
     daemon = subprocess.Popen([str(bindir / "vaultd"), "server", "--config", str(config)])
     agent = subprocess.Popen([str(bindir / "vaultd-unsealer"), "--config", str(config)])
