@@ -192,3 +192,19 @@ def test_shares_submitted_in_different_processes_count_together(shared: SharedSe
         assert os.waitstatus_to_exitcode(status) == 0
     assert lc.seal_status()["progress"] == 2
     assert lc.submit_share(keys[2])["sealed"] is False
+
+
+def test_key_status_counts_encryptions_in_every_worker_until_a_rotation(shared: SharedSealState) -> None:
+    storage = InmemStorage()
+    a, b = make(shared, storage), make(shared, storage)
+    (key,) = init(a, 1, 1)
+    a.submit_share(key)
+    a.require_unsealed()
+    b.require_unsealed()
+    before = a.key_status()["encryptions"]
+    a.barrier.put("x", b"1")
+    b.barrier.put("y", b"2")
+    status = b.key_status()
+    assert status["encryptions"] == before + 2 and status["term"] == 1
+    a.rotate()
+    assert b.key_status() == {"encryptions": 0, "install_time": a.barrier.keyring.active_term.install_time, "term": 2}

@@ -190,9 +190,7 @@ def rotate() -> ResponseReturnValue:
 def key_status() -> ResponseReturnValue:
     c = core()
     c.check(client_token(), "sys/key-status", Operation.READ)
-    term = c.barrier.keyring.active_term
-    data = {"encryptions": 0, "install_time": term.install_time, "term": term.number}
-    return envelope(data, legacy_top_level=True)
+    return envelope(c.lifecycle.key_status(), legacy_top_level=True)
 
 
 __all__ = ["SYSTEM_MOUNT", "bp"]

@@ -23,9 +23,15 @@ _PREFIX = struct.Struct(">IB")
 
 
 class Barrier(Storage):
-    def __init__(self, physical: Storage, reload_keyring: Callable[[], Keyring]) -> None:
+    def __init__(
+        self,
+        physical: Storage,
+        reload_keyring: Callable[[], Keyring],
+        on_encrypt: Callable[[], None] | None = None,
+    ) -> None:
         self._physical = physical
         self._reload = reload_keyring
+        self._on_encrypt = on_encrypt
         self._keyring: Keyring | None = None
 
     # -- seal state ------------------------------------------------------------
@@ -72,6 +78,8 @@ class Barrier(Storage):
 
     def encrypt(self, key: str, plaintext: bytes) -> bytes:
         term = self.keyring.active_term
+        if self._on_encrypt is not None:
+            self._on_encrypt()
         return _PREFIX.pack(term.number, _VERSION) + term.cipher.encrypt(plaintext, key.encode())
 
     def decrypt(self, key: str, blob: bytes) -> bytes:

@@ -31,7 +31,7 @@ from typing import Any
 from vaultd import __version__
 from vaultd.core.barrier import Barrier
 from vaultd.core.keyring import Keyring
-from vaultd.core.seal_state import EPOCH_INIT, EPOCH_KEYRING, SharedSealState
+from vaultd.core.seal_state import COUNTER_ENCRYPTIONS, EPOCH_INIT, EPOCH_KEYRING, SharedSealState
 from vaultd.crypto import aead, shamir
 from vaultd.errors import BadRequest, Sealed
 from vaultd.logging import log_event
@@ -119,7 +119,7 @@ class Lifecycle:
         self.seal_type = seal.type if seal else seal_type
         self.cluster_name = cluster_name
         self.storage_type = storage_type
-        self.barrier = Barrier(physical, self._load_keyring)
+        self.barrier = Barrier(physical, self._load_keyring, lambda: shared.bump_epoch(COUNTER_ENCRYPTIONS))
         self._on_initialised = on_initialised
         self._on_change = on_change
         """Called (under the refresh lock) when the seal generation changed,
@@ -384,10 +384,23 @@ class Lifecycle:
             rotated = self._decrypt_keyring(root_key).rotated()
             self.physical.put(KEYRING, aead.encrypt(root_key, rotated.to_bytes(), KEYRING.encode()))
         self.shared.bump_epoch(EPOCH_KEYRING)
+        self.shared.reset_epoch(COUNTER_ENCRYPTIONS)
         self.barrier.unseal(rotated)
         log_event(log, "key_rotation", "rotated the barrier keyring to term %d", rotated.active,
                   key_term=rotated.active)
         return rotated
+
+    def key_status(self) -> dict[str, Any]:
+        """``sys/key-status``: the active term, when it was installed, and how
+        many values it has encrypted (in every worker, since the daemon started
+        or the last rotation)."""
+        self.require_unsealed()
+        term = self.barrier.keyring.active_term
+        return {
+            "encryptions": self.shared.epoch(COUNTER_ENCRYPTIONS),
+            "install_time": term.install_time,
+            "term": term.number,
+        }
 
     def _load_keyring(self) -> Keyring:
         root_key = self.shared.root_key()

@@ -54,6 +54,9 @@ EPOCH_KEYRING = 0
 EPOCH_MOUNTS = 1
 EPOCH_TOKENS = 2
 EPOCH_INIT = 3
+# Not an epoch but a counter in the same table: barrier encryptions with the
+# active keyring term since this daemon started (sys/key-status).
+COUNTER_ENCRYPTIONS = 4
 
 
 class SharedSealState:
@@ -134,6 +137,10 @@ class SharedSealState:
 
     def epoch(self, slot: int) -> int:
         return struct.unpack_from("<Q", self._mm, _EPOCHS_OFFSET + 8 * slot)[0]
+
+    def reset_epoch(self, slot: int) -> None:
+        with self.locked():
+            struct.pack_into("<Q", self._mm, _EPOCHS_OFFSET + 8 * slot, 0)
 
     def bump_epoch(self, slot: int) -> None:
         with self.locked():
