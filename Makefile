@@ -7,8 +7,9 @@ STAMP := $(VENV)/.installed
 .PHONY: run dev test unit lint bench deb clean system-deps deb-deps e2e-deps _e2e-deps e2e
 
 # Debian packages, installed only when missing (dpkg-query), as root.
-# libsystemd-dev and pkg-config build systemd-python (the journald extra).
-SYSTEM_PACKAGES := libsystemd-dev pkg-config
+# libsystemd-dev, pkg-config, gcc and python3-dev build systemd-python (the
+# journald extra), which PyPI ships as source only.
+SYSTEM_PACKAGES := libsystemd-dev pkg-config gcc python3-dev
 DEB_PACKAGES := dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian
 E2E_PACKAGES := debootstrap systemd-container $(DEB_PACKAGES)
 define apt_ensure
