@@ -22,7 +22,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import requests
+
+from vaultd.dev.ports import free_port
 
 WAIT = 90.0
 """Upper bound on any single wait for a server: the run must end, not hang."""
@@ -45,21 +46,6 @@ AWS_ENV_VARS = (
 
 class ServerError(RuntimeError):
     """A server did not start, initialise or answer as expected."""
-
-
-def free_port() -> int:
-    """A free loopback port below Linux's ephemeral range (32768-60999), so
-    that no outgoing connection's source port (wrk makes thousands, and
-    other programs run on the machine) takes it between now and the bind."""
-    for _ in range(200):
-        port = 20000 + secrets.randbelow(12000)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise ServerError("no free loopback port between 20000 and 32000")
 
 
 def private_dir(path: Path) -> Path:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ import boto3
 import pytest
 
 from tests.faultproxy import FaultProxy
+from vaultd.dev.ports import free_port as free_port  # one port picker for every test server
 
 REGION = "us-east-1"
 ACCESS_KEY = "AKIAVAULTDTESTING000"
@@ -67,11 +67,6 @@ AWS_ENV_VARS = (
 )
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (the server binding it may still race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def isolated_aws_env(base: dict[str, str] | None = None, home: Path | None = None) -> dict[str, str]:

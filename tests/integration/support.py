@@ -16,7 +16,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from typing import Any
 
 import requests
 
+from vaultd.dev.ports import free_port as free_port  # one port picker for every test server
+
 BIN = Path(sys.executable).parent
 VAULTD = BIN / "vaultd"
 BAO = BIN / "bao"
@@ -34,13 +35,6 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 REQUEST_TIMEOUT = 15.0
 LOG_TAIL = 6000
-
-
-def free_port() -> int:
-    """A port nobody listens on right now (the server binds it moments later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = START_TIMEOUT, interval: float = 0.05) -> Any:
