@@ -23,6 +23,7 @@ from pathlib import Path
 import requests
 
 from vaultd.dev import kms
+from vaultd.dev.ports import free_port
 
 CONFIG = """\
 # Written by vaultd.dev.stack (make run, make bench) on every start.
@@ -63,12 +64,13 @@ def render_config(data: Path, address: str, emulator: kms.DevKms) -> str:
 
 
 def _port(preferred: int) -> int:
+    """``preferred`` (8200, Vault's) when free, else any free port."""
     with socket.socket() as sock:
         try:
             sock.bind(("127.0.0.1", preferred))
         except OSError:
-            sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+            return free_port()
+        return preferred
 
 
 def _wait(url: str, *, seconds: float = 30.0) -> dict:

@@ -26,9 +26,6 @@ class SlotVersions(Protocol):
     def bump_key_version(self, key: str) -> None: ...
 
 
-_MISSING = object()
-
-
 class CachedStorage(Storage):
     def __init__(self, inner: Storage, versions: SlotVersions, *, max_entries: int = 20000) -> None:
         self.inner = inner
@@ -38,9 +35,9 @@ class CachedStorage(Storage):
 
     def get(self, key: str) -> bytes | None:
         version = self.versions.key_version(key)
-        hit = self._cache.get(key, _MISSING)
-        if hit is not _MISSING and hit[0] == version:  # type: ignore[index]
-            return hit[1]  # type: ignore[index]
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == version:
+            return hit[1]
         value = self.inner.get(key)
         if len(self._cache) >= self.max_entries:
             self._cache.clear()
