@@ -74,3 +74,17 @@ def test_root_tokens_are_not_renewable(two_workers) -> None:
     first, _, root = two_workers
     with pytest.raises(BadRequest):
         first.tokens.renew(first.authenticate(root), 3600)
+
+
+def test_one_http_request_spends_one_use(two_workers) -> None:
+    """auth/token/* handlers check the token in a before_request gate and
+    again in the handler: only one of the two may count."""
+    from vaultd.api.app import create_app
+
+    first, _, root = two_workers
+    token, _ = first.tokens.create(first.authenticate(root), {"num_uses": 2, "policies": ["default"]})
+    client = create_app(first).test_client()
+    headers = {"X-Vault-Token": token}
+    assert client.get("/v1/auth/token/lookup-self", headers=headers).status_code == 200
+    assert client.get("/v1/auth/token/lookup-self", headers=headers).status_code == 200
+    assert client.get("/v1/auth/token/lookup-self", headers=headers).status_code == 403

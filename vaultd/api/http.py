@@ -184,7 +184,8 @@ def system_backend_gate() -> None:
     anonymous caller learns nothing about what the endpoint accepts."""
     if request.method in ("POST", "PUT"):
         json_body()
-    core().authenticate(client_token())
+    # The handler authenticates again and spends the token's use there.
+    core().authenticate(client_token(), spend_use=False)
 
 
 def core() -> Core:

@@ -89,12 +89,15 @@ class Core:
             self.lifecycle.require_unsealed()
         self.router.sync(self.shared.epoch(EPOCH_MOUNTS))
 
-    def authenticate(self, token: str | None) -> TokenEntry:
+    def authenticate(self, token: str | None, *, spend_use: bool = True) -> TokenEntry:
+        """The live entry for ``token``, or 403.  ``spend_use=False`` is for
+        checks that only decide which error comes first: a limited-use token
+        (``num_uses``) must lose one use per request, not one per check."""
         self.begin()
         entry = self.tokens.lookup(token)
         if entry is None:
             raise PermissionDenied()
-        if entry.num_uses:
+        if entry.num_uses and spend_use:
             self.tokens.use(entry)
         return entry
 
