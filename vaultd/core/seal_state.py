@@ -52,7 +52,8 @@ FLAG_SEALED_BY_OPERATOR = 2
 # Epoch slots: a worker that sees one change drops the matching cache.
 EPOCH_KEYRING = 0
 EPOCH_MOUNTS = 1
-EPOCH_TOKENS = 2
+# Slot 2 is free: token changes reach other workers through the storage
+# cache's per-key versions.
 EPOCH_INIT = 3
 # Not an epoch but a counter in the same table: barrier encryptions with the
 # active keyring term since this daemon started (sys/key-status).
