@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from_config(config)
         seal = AwsKmsSeal(config.seal.options)
+        seal.prepare()
         client = DaemonClient(settings.address, ca_file=settings.ca_file, timeout=settings.timeout)
     except (SettingsError, AwsKmsConfigError) as exc:
         log.error("cannot use the config: %s", exc)

@@ -13,6 +13,11 @@ stanza taking precedence over the environment (the issue's rule: environment
 variables fill in fields that are absent).  Vault itself lets
 ``VAULT_AWSKMS_SEAL_KEY_ID`` and ``AWS_KMS_ENDPOINT`` override the file; we do
 not, so that what the file says is what runs.
+
+boto3 is imported at the first call that needs it, not with this module.  It
+costs about 0.4 s and 25 MiB per process; the daemon needs KMS only at init,
+and importing it in the gunicorn master would put it in every worker's
+resident memory and in every restart's path to unsealed.
 """
 
 from __future__ import annotations
@@ -20,15 +25,13 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import boto3
-import botocore.credentials
-import botocore.exceptions
-from botocore.config import Config
-
 from vaultd.seal.base import AutoSeal, SealError, StoredKey
+
+if TYPE_CHECKING:
+    import boto3
 
 DEFAULT_REGION = "us-east-1"
 """Vault's fallback when neither the config, the environment nor an AWS
@@ -160,26 +163,45 @@ class AwsKmsSeal(AutoSeal):
             raise AwsKmsConfigError(
                 f"awskms seal: endpoint {endpoint!r} is not an https:// (or http://) URL"
             )
-        try:
-            self._session = boto3.session.Session(
-                aws_access_key_id=access_key or None,
-                aws_secret_access_key=secret_key or None,
-                aws_session_token=(session_token or None) if access_key else None,
-            )
-        except botocore.exceptions.BotoCoreError as exc:  # e.g. AWS_PROFILE names no profile
-            raise AwsKmsConfigError(f"awskms seal: {exc}") from None
         self.kms_key_id = kms_key_id
-        self.region = region or self._session.region_name or DEFAULT_REGION
         self.endpoint = endpoint
-        self._config = Config(
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            # One attempt per call: the agent's backoff is the only retry
-            # loop, so delays stay what the operator configured.
-            retries={"total_max_attempts": 1, "mode": "standard"},
-        )
+        self._region_option = region
+        self._credentials = (access_key, secret_key, session_token)
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
         self._lock = threading.Lock()
+        self._boto_session: boto3.session.Session | None = None
         self._kms: Any = None
+
+    def prepare(self) -> None:
+        """Import boto3 and read the AWS profile now rather than at the first
+        KMS call.  The agent calls this at start, so that a profile that does
+        not exist is a config error then, and the import is paid before the
+        daemon it waits for comes up.  Credentials are still not resolved."""
+        self._session()
+
+    def _session(self) -> boto3.session.Session:
+        with self._lock:
+            if self._boto_session is None:
+                import boto3
+                import botocore.exceptions
+
+                access_key, secret_key, session_token = self._credentials
+                try:
+                    self._boto_session = boto3.session.Session(
+                        aws_access_key_id=access_key or None,
+                        aws_secret_access_key=secret_key or None,
+                        aws_session_token=(session_token or None) if access_key else None,
+                    )
+                except botocore.exceptions.BotoCoreError as exc:  # e.g. AWS_PROFILE names no profile
+                    raise AwsKmsConfigError(f"awskms seal: {exc}") from None
+            return self._boto_session
+
+    @property
+    def region(self) -> str:
+        """The stanza's or environment's region, else the AWS profile's, else
+        Vault's fallback.  Only the middle one needs boto3."""
+        return self._region_option or self._session().region_name or DEFAULT_REGION
 
     @property
     def _client(self) -> Any:
@@ -187,10 +209,21 @@ class AwsKmsSeal(AutoSeal):
         resolves credentials, which may mean asking the instance metadata
         service, and neither the daemon's start nor the agent's should wait
         on (or fail for) that before KMS is actually needed."""
+        session = self._session()
+        region = self.region
         with self._lock:
             if self._kms is None:
-                self._kms = self._session.client(
-                    "kms", region_name=self.region, endpoint_url=self.endpoint or None, config=self._config
+                from botocore.config import Config
+
+                config = Config(
+                    connect_timeout=self._connect_timeout,
+                    read_timeout=self._read_timeout,
+                    # One attempt per call: the agent's backoff is the only
+                    # retry loop, so delays stay what the operator configured.
+                    retries={"total_max_attempts": 1, "mode": "standard"},
+                )
+                self._kms = session.client(
+                    "kms", region_name=region, endpoint_url=self.endpoint or None, config=config
                 )
             return self._kms
 
@@ -202,7 +235,8 @@ class AwsKmsSeal(AutoSeal):
 
     def __repr__(self) -> str:
         return (
-            f"AwsKmsSeal(kms_key_id={self.kms_key_id!r}, region={self.region!r}, "
+            # The region as configured: repr must not import boto3 or fail.
+            f"AwsKmsSeal(kms_key_id={self.kms_key_id!r}, region={self._region_option or None!r}, "
             f"endpoint={self.endpoint!r})"
         )
 
@@ -214,7 +248,9 @@ class AwsKmsSeal(AutoSeal):
     @property
     def credentials_refresh(self) -> bool:
         """Whether botocore can get new credentials by itself (role-based)."""
-        creds = self._session.get_credentials()
+        import botocore.credentials
+
+        creds = self._session().get_credentials()
         return isinstance(creds, botocore.credentials.RefreshableCredentials)
 
     def describe_key(self) -> str:
@@ -280,6 +316,9 @@ class AwsKmsSeal(AutoSeal):
         return self._call("Decrypt", **params)["Plaintext"]
 
     def _call(self, operation: str, **params: object) -> dict[str, Any]:
+        import botocore
+        import botocore.exceptions
+
         try:
             client = self._client
         except (ValueError, botocore.exceptions.BotoCoreError) as exc:
@@ -297,6 +336,8 @@ class AwsKmsSeal(AutoSeal):
 
     def classify(self, operation: str, exc: Exception) -> SealError:
         """Turn a botocore failure into a SealError with the KMS error code."""
+        import botocore.exceptions
+
         if isinstance(exc, botocore.exceptions.ClientError):
             error = exc.response.get("Error", {})
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
