@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import logging
-import traceback
-
 from flask import Flask
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 from vaultd.api import auth_token, logical, sys_health, sys_init, sys_mounts, sys_seal, sys_vaultd
-from vaultd.api.http import error
+from vaultd.api.fastpath import FastPath
+from vaultd.api.http import error, log_error, log_unexpected
 from vaultd.core.core import Core
 from vaultd.errors import VaultError
-
-log = logging.getLogger("vaultd.api")
 
 DEFAULT_MAX_REQUEST_SIZE = 32 * 1024 * 1024
 
@@ -30,11 +26,11 @@ def create_app(core: Core, *, max_request_size: int | None = DEFAULT_MAX_REQUEST
         app.register_blueprint(blueprint)
     app.extensions[logical.SYSTEM_ROUTES] = logical.system_routes(app.url_map)
     app.before_request(logical.refuse_options)
+    app.wsgi_app = FastPath(app.wsgi_app, core)  # type: ignore[method-assign]
 
     @app.errorhandler(VaultError)
     def vault_error(exc: VaultError) -> ResponseReturnValue:
-        if exc.status >= 500 and exc.status != 503:
-            log.error("request failed: %s", "; ".join(exc.messages))
+        log_error(exc)
         return error(exc.status, exc.messages)
 
     @app.errorhandler(HTTPException)
@@ -49,10 +45,7 @@ def create_app(core: Core, *, max_request_size: int | None = DEFAULT_MAX_REQUEST
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> ResponseReturnValue:
-        # Log the type and where, never the exception text: it may quote a
-        # value from the request.
-        where = "".join(traceback.format_list(traceback.extract_tb(exc.__traceback__)))
-        log.error("internal error handling request: %s at\n%s", type(exc).__name__, where.rstrip())
+        log_unexpected(exc)
         return error(500, ["internal error"])
 
     return app

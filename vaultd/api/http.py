@@ -7,6 +7,8 @@ token and the body from here, call the core, hand the result back here.
 from __future__ import annotations
 
 import json
+import logging
+import traceback
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -15,10 +17,12 @@ from flask import Response as FlaskResponse
 from flask import current_app, g, request
 
 from vaultd.core.core import Core
-from vaultd.errors import BadRequest, PayloadTooLarge
+from vaultd.errors import BadRequest, PayloadTooLarge, VaultError
 from vaultd.logical import Response
 
 _JSON = "application/json"
+
+log = logging.getLogger("vaultd.api")
 
 
 def client_token() -> str | None:
@@ -115,15 +119,20 @@ def _names(kinds: tuple[type, ...]) -> str:
     return " or ".join(words.get(k, k.__name__) for k in kinds)
 
 
+def encode_json(body: Any) -> bytes:
+    """Every JSON body vaultd sends, on either path (see fastpath.py)."""
+    return (json.dumps(body) + "\n").encode()
+
+
 def raw_json(body: Any, status: int = 200) -> FlaskResponse:
-    return FlaskResponse(json.dumps(body) + "\n", status=status, mimetype=_JSON)
+    return FlaskResponse(encode_json(body), status=status, mimetype=_JSON)
 
 
 def no_content() -> FlaskResponse:
     return FlaskResponse(status=204)
 
 
-def envelope(
+def envelope_body(
     data: Any = None,
     *,
     auth: dict[str, Any] | None = None,
@@ -131,8 +140,7 @@ def envelope(
     lease_duration: int = 0,
     renewable: bool = False,
     legacy_top_level: bool = False,
-    status: int = 200,
-) -> FlaskResponse:
+) -> dict[str, Any]:
     """Vault's success body.  ``legacy_top_level`` also copies ``data``'s keys
     to the top level, which several ``sys/`` endpoints still do in Vault."""
     body: dict[str, Any] = {}
@@ -150,29 +158,70 @@ def envelope(
             "auth": auth,
         }
     )
+    return body
+
+
+def envelope(
+    data: Any = None,
+    *,
+    auth: dict[str, Any] | None = None,
+    warnings: list[str] | None = None,
+    lease_duration: int = 0,
+    renewable: bool = False,
+    legacy_top_level: bool = False,
+    status: int = 200,
+) -> FlaskResponse:
+    body = envelope_body(
+        data,
+        auth=auth,
+        warnings=warnings,
+        lease_duration=lease_duration,
+        renewable=renewable,
+        legacy_top_level=legacy_top_level,
+    )
     return raw_json(body, status)
 
 
-def logical(response: Response) -> FlaskResponse:
-    """Encode an engine's :class:`vaultd.logical.Response`."""
+def logical_body(response: Response) -> tuple[int, Any]:
+    """The status and JSON body (None: no body, 204) for an engine's
+    :class:`vaultd.logical.Response`."""
     if response.raw is not None:
-        return raw_json(response.raw, response.status or 200)
+        return response.status or 200, response.raw
     if response.data is None and response.auth is None and not response.warnings:
         if not response.status or response.status == 204:
-            return no_content()
-        return raw_json({"errors": []}, response.status)
-    return envelope(
+            return 204, None
+        return response.status, {"errors": []}
+    body = envelope_body(
         response.data,
         auth=response.auth,
         warnings=response.warnings,
         lease_duration=response.lease_duration,
         renewable=response.renewable,
-        status=response.status or 200,
     )
+    return response.status or 200, body
+
+
+def logical(response: Response) -> FlaskResponse:
+    """Encode an engine's :class:`vaultd.logical.Response`."""
+    status, body = logical_body(response)
+    return no_content() if body is None else raw_json(body, status)
 
 
 def error(status: int, messages: list[str]) -> FlaskResponse:
     return raw_json({"errors": messages}, status)
+
+
+def log_error(exc: VaultError) -> None:
+    """Log a failure that is the server's fault; 503 (sealed) is not."""
+    if exc.status >= 500 and exc.status != 503:
+        log.error("request failed: %s", "; ".join(exc.messages))
+
+
+def log_unexpected(exc: BaseException) -> None:
+    """Log the type and where, never the exception text: it may quote a
+    value from the request."""
+    where = "".join(traceback.format_list(traceback.extract_tb(exc.__traceback__)))
+    log.error("internal error handling request: %s at\n%s", type(exc).__name__, where.rstrip())
 
 
 def system_backend_gate() -> None:
