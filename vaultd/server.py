@@ -302,6 +302,7 @@ class VaultdApplication(gunicorn.app.base.BaseApplication):
 
     def load(self) -> Any:
         core = Core(self.physical, self.shared, self.settings)
+        core.watch_seal()
         return create_app(core, max_request_size=self.vaultd_config.listeners[0].max_request_size)
 
     def run(self) -> None:

@@ -16,7 +16,7 @@ import pytest
 from vaultd.core.core import Core, CoreSettings
 from vaultd.core.lifecycle import KEYRING, InitRequest
 from vaultd.core.seal_state import SharedSealState
-from vaultd.errors import NotFound, Sealed
+from vaultd.errors import NotFound, PermissionDenied, Sealed
 from vaultd.logical import Operation, Request
 from vaultd.storage.inmem import InmemStorage
 
@@ -109,3 +109,68 @@ def test_sealing_and_unsealing_elsewhere_is_followed() -> None:
     first.lifecycle.submit_share(KEYS[id(first)])
     second.begin()
     assert _read(second, token, "kv/x") == {"v": "1"}
+
+
+# -- read memos: plaintext and parsed values kept per stored value -------------------
+
+
+def _kv2(first: Core, token: str) -> None:
+    first.enable_mount(token, "kv/", "kv", "", {"version": "2"}, {})
+
+
+def test_a_worker_reads_what_another_worker_wrote_after_it_cached_the_old_value() -> None:
+    first, second, token = _workers()
+    _kv2(first, token)
+    _write(first, token, "kv/data/app", {"data": {"v": "one"}})
+    for _ in range(3):  # the second read is served from the memos
+        assert _read(second, token, "kv/data/app")["data"] == {"v": "one"}
+    _write(first, token, "kv/data/app", {"data": {"v": "two"}})
+    body = _read(second, token, "kv/data/app")
+    assert body["data"] == {"v": "two"}
+    assert body["metadata"]["version"] == 2
+
+
+def test_a_token_revoked_in_one_worker_is_refused_by_another_that_cached_it() -> None:
+    first, second, token = _workers()
+    child = first.tokens.create(first.authenticate(token), {"policies": ["default"]})[0]
+    assert second.authenticate(child).policies == ["default"]
+    assert second.authenticate(child).policies == ["default"]
+    first.tokens.revoke(first.authenticate(child))
+    with pytest.raises(PermissionDenied):
+        second.authenticate(child)
+
+
+def test_changing_a_looked_up_token_entry_does_not_change_the_next_lookup() -> None:
+    first, _, token = _workers()
+    entry = first.authenticate(token)
+    entry.policies.append("extra")
+    entry.children.append("nobody")
+    entry.num_uses = 7
+    again = first.authenticate(token)
+    assert (again.policies, again.children, again.num_uses) == (["root"], [], 0)
+
+
+def test_changing_a_read_response_does_not_change_the_next_read() -> None:
+    first, _, token = _workers()
+    _kv2(first, token)
+    _write(first, token, "kv/data/app", {"data": {"v": "one"}})
+    _read(first, token, "kv/data/app")["metadata"]["version"] = 99
+    assert _read(first, token, "kv/data/app")["metadata"]["version"] == 1
+
+
+def test_a_seal_in_one_worker_wipes_an_idle_worker_s_keys_and_plaintext() -> None:
+    first, second, token = _workers()
+    _kv2(first, token)
+    _write(first, token, "kv/data/app", {"data": {"v": "secret-value"}})
+    _read(second, token, "kv/data/app")
+    assert second.barrier._plaintexts._memo, "the read should have left plaintext in the memo"
+    second.watch_seal(interval=0.05)
+    first.seal(token)
+    # The sealing worker drops its own at once; the idle one within its watch.
+    assert first.barrier.sealed and not first.barrier._plaintexts._memo
+    deadline = time.monotonic() + 10
+    while not second.barrier.sealed and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert second.barrier.sealed
+    assert not second.barrier._plaintexts._memo
+    assert second.router._cached is None, "engines (and their parsed reads) must go with the seal"

@@ -17,6 +17,7 @@ from vaultd.core.keyring import Keyring
 from vaultd.crypto import aead
 from vaultd.errors import Sealed, StorageError
 from vaultd.storage.base import Storage
+from vaultd.storage.cache import DecodeMemo
 
 _VERSION = 1
 _PREFIX = struct.Struct(">IB")
@@ -33,6 +34,9 @@ class Barrier(Storage):
         self._reload = reload_keyring
         self._on_encrypt = on_encrypt
         self._keyring: Keyring | None = None
+        # Plaintext of recent reads, keyed on the ciphertext object the
+        # cached storage below returned (see DecodeMemo); wiped on seal.
+        self._plaintexts: DecodeMemo[bytes] = DecodeMemo()
 
     # -- seal state ------------------------------------------------------------
 
@@ -41,10 +45,12 @@ class Barrier(Storage):
         return self._keyring is None
 
     def unseal(self, keyring: Keyring) -> None:
+        self._plaintexts.clear()
         self._keyring = keyring
 
     def seal(self) -> None:
         self._keyring = None
+        self._plaintexts.clear()
 
     @property
     def keyring(self) -> Keyring:
@@ -55,10 +61,12 @@ class Barrier(Storage):
     # -- Storage ---------------------------------------------------------------
 
     def get(self, key: str) -> bytes | None:
+        if self._keyring is None:
+            raise Sealed()
         blob = self._physical.get(key)
         if blob is None:
             return None
-        return self.decrypt(key, blob)
+        return self._plaintexts.get(key, blob, lambda raw: self.decrypt(key, raw))
 
     def put(self, key: str, value: bytes) -> None:
         self._physical.put(key, self.encrypt(key, value))

@@ -7,6 +7,8 @@ handlers decode a request, call one method here, and encode what it returns.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +26,9 @@ from vaultd.storage.cache import CachedStorage
 from vaultd.storage.view import StorageView
 
 log = logging.getLogger("vaultd.core")
+
+SEAL_WATCH_INTERVAL = 0.5
+"""Seconds a worker that serves no requests may keep its keys after a seal."""
 
 
 @dataclass
@@ -115,6 +120,28 @@ class Core:
     def seal(self, token: str | None) -> None:
         self.check(token, "sys/seal", Operation.UPDATE, sudo=True)
         self.lifecycle.seal_now(by_operator=True)
+        self.lifecycle.refresh()  # this worker's caches go now, not at its next request
+
+    def watch_seal(self, interval: float = SEAL_WATCH_INTERVAL) -> threading.Thread:
+        """Catch up with the shared seal state every ``interval`` seconds,
+        from a daemon thread, even when no request comes.
+
+        A worker otherwise notices a seal made by another worker (or a
+        generation change) at its next request; until then it would keep its
+        keyring and the plaintext its read caches hold.  Started once per
+        gunicorn worker."""
+
+        def run() -> None:
+            while True:
+                time.sleep(interval)
+                try:
+                    self.lifecycle.refresh()
+                except Exception as exc:  # a bad moment must not end the watch
+                    log.warning("seal watch: %s", type(exc).__name__)
+
+        thread = threading.Thread(target=run, name="vaultd-seal-watch", daemon=True)
+        thread.start()
+        return thread
 
     # -- mounts ----------------------------------------------------------------------
 

@@ -46,6 +46,7 @@ from vaultd.engines.fields import (
 from vaultd.errors import BadRequest, MethodNotAllowed, NotFound, StorageError, VaultError
 from vaultd.logical import Operation, Request, Response
 from vaultd.storage.base import Storage
+from vaultd.storage.cache import DecodeMemo
 
 UNSUPPORTED = "unsupported operation"
 TRAILING_SLASH = "cannot write to a path ending in '/'"
@@ -446,6 +447,9 @@ class KVv2(Engine):
         self.clock: Callable[[], int] = time.time_ns
         """Nanoseconds since the epoch; replaceable so tests can move time
         past a ``delete_version_after`` without sleeping."""
+        # Parsed metadata and version data for reads, per stored value (see
+        # DecodeMemo).  The engine is dropped with the mount table on seal.
+        self._read_memo: DecodeMemo[Any] = DecodeMemo()
 
     # ---- routing
 
@@ -484,7 +488,7 @@ class KVv2(Engine):
         section, slash, rest = path.partition("/")
         if slash and section in ("data", "metadata"):
             key = rest.rstrip("/")
-            return bool(key) and self._load_meta(key) is not None
+            return bool(key) and self._read_meta(key) is not None
         return True
 
     @staticmethod
@@ -524,6 +528,23 @@ class KVv2(Engine):
             raise VaultError("could not find version data", status=500)
         return _decode(raw)
 
+    # Reads that only look go through the memo; writes, which change what
+    # they load, parse their own copy with the two loaders above.
+
+    def _read_meta(self, key: str) -> _KeyMeta | None:
+        storage_key = self._meta_key(key)
+        raw = self.storage.get(storage_key)
+        if raw is None:
+            return None
+        return self._read_memo.get(storage_key, raw, lambda blob: _KeyMeta.from_json(key, blob))
+
+    def _read_version_data(self, key: str, number: int) -> Any:
+        storage_key = self._version_key(key, number)
+        raw = self.storage.get(storage_key)
+        if raw is None:
+            raise VaultError("could not find version data", status=500)
+        return self._read_memo.get(storage_key, raw, _decode)
+
     @staticmethod
     def _ok(body: dict[str, Any], params: Params, known: frozenset[str]) -> Response:
         ignored = params.unknown(known)
@@ -547,7 +568,7 @@ class KVv2(Engine):
         """The metadata and the version a read asks for (``version`` <= 0 or
         absent means the current one), or 404."""
         requested = params.int("version")
-        meta = self._load_meta(key) if key else None
+        meta = self._read_meta(key) if key else None
         if meta is None:
             raise NotFound()
         number = meta.current_version if requested is ABSENT or requested <= 0 else requested
@@ -562,7 +583,7 @@ class KVv2(Engine):
         body: dict[str, Any] = {"data": None, "metadata": meta.version_info(number, version)}
         if version.gone(self.clock()):
             return Response(data=body, status=404)
-        body["data"] = self._load_version_data(key, number)
+        body["data"] = self._read_version_data(key, number)
         return self._ok(body, params, _DATA_FIELDS)
 
     def _data_write(self, request: Request, key: str) -> Response:
@@ -737,7 +758,7 @@ class KVv2(Engine):
         body: dict[str, Any] = {"metadata": meta.version_info(number, version), "subkeys": None}
         if version.gone(self.clock()):
             return Response(data=body, status=404)
-        data = self._load_version_data(key, number)
+        data = self._read_version_data(key, number)
         body["subkeys"] = _subkeys(data, 0 if depth is ABSENT else depth)
         return self._ok(body, params, _SUBKEYS_FIELDS)
 

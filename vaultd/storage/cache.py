@@ -13,9 +13,12 @@ therefore only cause an extra read, never a stale value.
 from __future__ import annotations
 
 import contextlib
-from typing import Protocol
+from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
 
 from vaultd.storage.base import Storage
+
+T = TypeVar("T")
 
 
 class SlotVersions(Protocol):
@@ -66,3 +69,35 @@ class CachedStorage(Storage):
 
     def clear(self) -> None:
         self._cache.clear()
+
+
+class DecodeMemo(Generic[T]):
+    """What a stored value decodes to, remembered while it is the same value.
+
+    A layer above :class:`CachedStorage` (the barrier decrypting, the token
+    store and KV engine parsing JSON) gets the *same* bytes object back for
+    as long as the key's slot is unchanged, and a new object once anyone
+    writes.  Keying the decoded value on that object's identity (the memo
+    holds a reference, so the identity cannot be reused) therefore makes the
+    memo exactly as fresh as the cache below it, with nothing to invalidate
+    across workers.  What it holds can be plaintext: owners clear it when the
+    server seals (see ``Barrier.seal`` and ``Core.drop_caches``), and callers
+    must not mutate what :meth:`get` returns.
+    """
+
+    def __init__(self, *, max_entries: int = 20000) -> None:
+        self.max_entries = max_entries
+        self._memo: dict[str, tuple[bytes, T]] = {}
+
+    def get(self, key: str, raw: bytes, decode: Callable[[bytes], T]) -> T:
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] is raw:
+            return hit[1]
+        value = decode(raw)
+        if len(self._memo) >= self.max_entries:
+            self._memo.clear()
+        self._memo[key] = (raw, value)
+        return value
+
+    def clear(self) -> None:
+        self._memo.clear()

@@ -9,9 +9,19 @@ can form, ``..`` included, reaches outside the prefix.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 from vaultd.storage.base import Storage
 from vaultd.storage.keys import split_key, split_prefix
+
+
+@functools.lru_cache(maxsize=65536)
+def _checked(key: str) -> str:
+    """``key`` once it passed :func:`split_key`.  Remembered because every
+    read of a token or a secret checks two or three keys, and the check was
+    a tenth of a read's cost; keys that fail raise and are not remembered."""
+    split_key(key)
+    return key
 
 
 class StorageView(Storage):
@@ -30,8 +40,9 @@ class StorageView(Storage):
         return self._prefix
 
     def _key(self, key: str) -> str:
-        split_key(key)
-        return self._prefix + key
+        if not isinstance(key, str):
+            raise TypeError("storage key must be a string")
+        return self._prefix + _checked(key)
 
     def get(self, key: str) -> bytes | None:
         return self._inner.get(self._key(key))
