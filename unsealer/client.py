@@ -93,6 +93,33 @@ class DaemonClient:
     def __repr__(self) -> str:
         return f"DaemonClient(address={self.address!r})"
 
+    def idle_socket(self) -> socket.socket | None:
+        """The socket of the keep-alive connection the last request left in
+        the pool, for the agent to watch: the daemon closes it when it stops.
+        None when there is none (the daemon closed it, or never answered).
+
+        This reads urllib3's pools, whose layout (``poolmanager.pools``, each
+        a ``pool.queue`` of connections with ``sock``) is the same in 1.26
+        and 2.x; if that ever
+        changes, the answer is None and the agent falls back to its poll
+        interval, which is slower but still correct."""
+        try:
+            adapter = self._session.get_adapter(self._base + "/")
+            if isinstance(adapter, _UnixSocketAdapter):
+                pools: list[Any] = [adapter._pool]
+            else:
+                # The session only ever talks to the daemon: any pool is its.
+                manager = adapter.poolmanager
+                pools = [manager.pools[key] for key in manager.pools.keys()]
+            for pool in pools:
+                for connection in list(pool.pool.queue):
+                    sock = getattr(connection, "sock", None)
+                    if isinstance(sock, socket.socket):
+                        return sock
+        except (AttributeError, TypeError, ValueError, KeyError):
+            return None
+        return None
+
     def state(self) -> DaemonState:
         return DaemonState.from_json(self._request("GET", "/v1/sys/vaultd/state"))
 

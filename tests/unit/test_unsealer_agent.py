@@ -11,6 +11,7 @@ import http.server
 import json
 import logging
 import os
+import socket
 import socketserver
 import threading
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from tests.faultproxy import FaultProxy
 from tests.kms_fixtures import KmsKey, free_port
 from unsealer import exitcodes
 from unsealer.__main__ import main
-from unsealer.agent import Agent, Outcome, backoff_wait
+from unsealer.agent import Agent, Outcome, _EpisodeWaits, backoff_wait
 from unsealer.client import DaemonClient, DaemonRefused, DaemonUnavailable, b64encode_into, wipe
 from unsealer.settings import AgentSettings, SettingsError, parse_seconds, settings_from_config
 from vaultd.config import parse_config
@@ -351,10 +352,76 @@ def test_agent_retries_an_absent_daemon_with_logged_backoff_and_stops_cleanly(
         thread.join(timeout=30)
     assert result == [exitcodes.OK]
     failures = [r for r in caplog.records if "failed" in r.getMessage()]
-    assert failures and all(r.levelno == logging.WARNING for r in failures)
     first = failures[0].getMessage()
     assert first.startswith("attempt 1 failed: daemon not available") and "retrying in" in first
     assert "attempt 2 failed" in failures[1].getMessage()
+    # Asked often while down, so only attempts 1, 2, 4, 8... are warnings.
+    levels = {int(r.getMessage().split()[1]): r.levelno for r in failures}
+    assert [levels[n] for n in (1, 2, 3, 4)] == [logging.WARNING, logging.WARNING, logging.DEBUG, logging.WARNING]
+
+
+def test_the_daemon_is_retried_on_a_short_scale_and_kms_on_the_configured_one() -> None:
+    waits = _EpisodeWaits(AgentSettings(address="http://127.0.0.1:8200"))  # KMS: 0.5 s doubling to 30 s
+
+    def wait_after(exc: Exception) -> float:
+        state = tenacity.RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+        state.set_exception((type(exc), exc, None))
+        return waits(state)
+
+    daemon = [wait_after(DaemonUnavailable("refused")) for _ in range(12)]
+    assert 0.025 <= daemon[0] <= 0.05
+    assert all(0.125 <= w <= 0.25 for w in daemon[4:])
+    # KMS's first retry is its own first, not the thirteenth of the episode.
+    kms = [wait_after(SealError("throttled", code="ThrottlingException", permanent=False)) for _ in range(3)]
+    assert 0.25 <= kms[0] <= 0.5 and 0.5 <= kms[1] <= 1.0 and 1.0 <= kms[2] <= 2.0
+
+
+class _KeepAlive(http.server.BaseHTTPRequestHandler):
+    """A daemon's ``state`` answer over HTTP/1.1, keeping the connection."""
+
+    protocol_version = "HTTP/1.1"
+    connections: list[object] = []
+
+    def do_GET(self) -> None:
+        self.connections.append(self.connection)
+        body = json.dumps({**STATE, "sealed": False}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet."""
+
+
+def test_the_agent_looks_again_as_soon_as_the_daemon_closes_its_connection(
+    serve: object, aws_env: dict[str, str], kms_key: KmsKey
+) -> None:
+    handler = type("KeepAlive", (_KeepAlive,), {"connections": []})
+    server = serve(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler))  # type: ignore[operator]
+    settings = AgentSettings(address=f"http://127.0.0.1:{server.server_address[1]}", poll_interval=600)
+    client = DaemonClient(settings.address)
+    agent = Agent(client, AwsKmsSeal(kms_key.seal_options()), settings)
+    assert agent.run_episode() is Outcome.ALREADY_UNSEALED
+    assert client.idle_socket() is not None
+
+    pause = threading.Thread(target=agent._pause)
+    pause.start()
+    pause.join(timeout=0.5)
+    assert pause.is_alive(), "with the daemon up, the agent waits out its poll interval"
+    handler.connections[0].shutdown(socket.SHUT_RDWR)  # what a stopping daemon's kernel does
+    pause.join(timeout=20)
+    assert not pause.is_alive(), "the closed connection did not end the wait"
+    # The next look reconnects by itself.
+    assert agent.run_episode() is Outcome.ALREADY_UNSEALED
+
+    pause = threading.Thread(target=agent._pause)
+    pause.start()
+    agent.stop()
+    pause.join(timeout=20)
+    assert not pause.is_alive(), "stopping the agent did not end the wait"
+    client.close()
 
 
 def test_a_stopped_agent_does_not_start_an_episode(aws_env: dict[str, str], kms_key: KmsKey) -> None:
