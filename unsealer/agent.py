@@ -268,18 +268,22 @@ class Agent:
         is restarting), or until the agent is stopped."""
         deadline = self._clock() + self.settings.poll_interval
         sock = self.client.idle_socket()
+        watch: select.poll | None = None
+        if sock is not None:
+            # poll, not select: select cannot take descriptors above 1023.
+            watch = select.poll()
+            try:
+                watch.register(sock, select.POLLIN | select.POLLHUP | select.POLLERR)
+            except (OSError, ValueError):  # closed under us: look now
+                return
         while not self.stop_event.is_set():
             remaining = deadline - self._clock()
             if remaining <= 0:
                 return
-            if sock is None:
+            if watch is None:
                 self.stop_event.wait(min(remaining, STOP_CHECK))
                 continue
-            try:
-                readable, _, _ = select.select([sock], [], [], min(remaining, STOP_CHECK))
-            except (OSError, ValueError):  # closed under us: look now
-                return
-            if readable:
+            if watch.poll(min(remaining, STOP_CHECK) * 1000):
                 # The daemon never speaks first on an idle connection: this
                 # is its end closing.  The client notices and reconnects.
                 return
