@@ -20,7 +20,7 @@ from vaultd.core.lifecycle import InitRequest
 from vaultd.core.seal_state import SharedSealState
 from vaultd.logging import EVENTS, JOURNAL_FIELDS_ATTR
 from vaultd.seal.awskms import AwsKmsSeal
-from vaultd.server import Notifier
+from vaultd.server import Notifier, _memory_backed_dir
 from vaultd.storage.inmem import InmemStorage
 
 
@@ -188,3 +188,14 @@ def test_a_forked_child_never_speaks(systemd_socket: socket.socket) -> None:
             os._exit(0)
     os.waitpid(pid, 0)
     assert received(systemd_socket) == []
+
+
+def test_worker_heartbeat_files_go_to_the_unit_s_runtime_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gunicorn touches them on every loop of every worker; they belong on
+    a tmpfs (/run/vaultd under systemd), not on the disk /tmp is on."""
+    monkeypatch.setenv("RUNTIME_DIRECTORY", f"{tmp_path}:/elsewhere")
+    assert _memory_backed_dir() == str(tmp_path)
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "missing"))
+    assert _memory_backed_dir() == ("/dev/shm" if os.access("/dev/shm", os.W_OK) else None)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 import pytest
 
 from vaultd.core.core import Core, CoreSettings
@@ -88,3 +91,17 @@ def test_one_http_request_spends_one_use(two_workers) -> None:
     assert client.get("/v1/auth/token/lookup-self", headers=headers).status_code == 200
     assert client.get("/v1/auth/token/lookup-self", headers=headers).status_code == 200
     assert client.get("/v1/auth/token/lookup-self", headers=headers).status_code == 403
+
+
+def test_tokens_are_stored_under_their_hmac_sha256_and_never_in_clear(two_workers) -> None:
+    """The storage layout: changing how the id is hashed would orphan every
+    token of an existing server."""
+    first, _, root = two_workers
+    salt = first.tokens.storage.get("salt")
+    expected = hmac.new(salt, root.encode(), hashlib.sha256).hexdigest()
+    for _ in range(2):  # the keyed state is reused, not consumed
+        assert first.tokens.hash_token(root) == expected
+    assert first.tokens.storage.get(f"id/{expected}") is not None
+    names = first.physical.list("sys/token/id/")
+    assert names == [expected]
+    assert root.encode() not in first.physical.get(f"sys/token/id/{expected}")
