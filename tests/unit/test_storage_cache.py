@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from vaultd.core.seal_state import SharedSealState
-from vaultd.storage.cache import CachedStorage
+from vaultd.storage.cache import CachedStorage, DecodeMemo
 from vaultd.storage.file import FileStorage
 
 
@@ -58,3 +58,31 @@ def test_the_cache_is_bounded(tmp_path: Path) -> None:
         cache.put(f"k{i}", b"x")
         cache.get(f"k{i}")
     assert len(cache._cache) <= 10
+
+
+def test_a_full_cache_drops_its_oldest_entry_not_everything(tmp_path: Path) -> None:
+    shared = SharedSealState.create(lock_memory=False)
+    cache = CachedStorage(FileStorage(str(tmp_path)), shared, max_entries=10)
+    for i in range(11):
+        cache.put(f"k{i}", b"x")
+        cache.get(f"k{i}")
+    assert sorted(cache._cache) == sorted(f"k{i}" for i in range(1, 11))
+
+
+def test_the_decode_memo_is_bounded_and_keyed_on_the_stored_object() -> None:
+    memo: DecodeMemo[str] = DecodeMemo(max_entries=3)
+    calls: list[bytes] = []
+
+    def decode(raw: bytes) -> str:
+        calls.append(raw)
+        return raw.decode()
+
+    first = b"one"
+    assert memo.get("a", first, decode) == "one"
+    assert memo.get("a", first, decode) == "one"
+    assert calls == [first]  # the same object: not decoded again
+    assert memo.get("a", bytes(bytearray(b"one")), decode) == "one"
+    assert len(calls) == 2  # equal bytes but another object: a new read, decoded
+    for key in "bcd":
+        memo.get(key, key.encode(), decode)
+    assert sorted(memo._memo) == ["b", "c", "d"]

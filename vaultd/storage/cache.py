@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from vaultd.storage.base import Storage
 
@@ -29,8 +29,25 @@ class SlotVersions(Protocol):
     def bump_key_version(self, key: str) -> None: ...
 
 
+CACHE_ENTRIES = 4096
+"""Values a worker keeps the ciphertext of: about 2 MiB at typical sizes."""
+MEMO_ENTRIES = 1024
+"""Decoded values each memo keeps (a parsed KV v2 metadata record is about
+2 KiB).  Hot secrets and tokens fit many times over; a working set larger
+than this is served from the ciphertext cache and decrypted again."""
+
+
+def _evict_oldest(table: dict[str, Any]) -> None:
+    """Drop the entry inserted first.  Cheaper than LRU bookkeeping on every
+    hit, and unlike emptying the table it keeps most of a skewed working set."""
+    try:
+        del table[next(iter(table))]
+    except (StopIteration, KeyError, RuntimeError):  # emptied or changed by another thread
+        pass
+
+
 class CachedStorage(Storage):
-    def __init__(self, inner: Storage, versions: SlotVersions, *, max_entries: int = 20000) -> None:
+    def __init__(self, inner: Storage, versions: SlotVersions, *, max_entries: int = CACHE_ENTRIES) -> None:
         self.inner = inner
         self.versions = versions
         self.max_entries = max_entries
@@ -43,7 +60,7 @@ class CachedStorage(Storage):
             return hit[1]
         value = self.inner.get(key)
         if len(self._cache) >= self.max_entries:
-            self._cache.clear()
+            _evict_oldest(self._cache)
         self._cache[key] = (version, value)
         return value
 
@@ -85,7 +102,7 @@ class DecodeMemo(Generic[T]):
     must not mutate what :meth:`get` returns.
     """
 
-    def __init__(self, *, max_entries: int = 20000) -> None:
+    def __init__(self, *, max_entries: int = MEMO_ENTRIES) -> None:
         self.max_entries = max_entries
         self._memo: dict[str, tuple[bytes, T]] = {}
 
@@ -95,7 +112,7 @@ class DecodeMemo(Generic[T]):
             return hit[1]
         value = decode(raw)
         if len(self._memo) >= self.max_entries:
-            self._memo.clear()
+            _evict_oldest(self._memo)
         self._memo[key] = (raw, value)
         return value
 
