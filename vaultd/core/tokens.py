@@ -15,7 +15,7 @@ import json
 import secrets
 import string
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,13 +64,15 @@ class TokenEntry:
         return "root" in self.policies
 
     def copy(self) -> TokenEntry:
-        """A copy whose lists and map are its own, for callers to change."""
-        return replace(
-            self,
-            policies=list(self.policies),
-            children=list(self.children),
-            meta=dict(self.meta) if self.meta is not None else None,
-        )
+        """A copy whose lists and map are its own, for callers to change.
+        (Not ``dataclasses.replace``: it re-runs ``__init__`` and was a
+        seventh of a secret read.)"""
+        twin = object.__new__(TokenEntry)
+        twin.__dict__.update(self.__dict__)
+        twin.policies = list(self.policies)
+        twin.children = list(self.children)
+        twin.meta = dict(self.meta) if self.meta is not None else None
+        return twin
 
     def remaining_ttl(self, now: float | None = None) -> int:
         if self.expire_time is None:

@@ -24,6 +24,7 @@ check-and-set writes must not both succeed.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -87,6 +88,7 @@ def clean_path(path: str, operation: Operation) -> str:
     return cleaned
 
 
+@functools.lru_cache(maxsize=4096)
 def rfc3339(ns: int | None) -> str:
     """Go's ``time.RFC3339Nano`` in UTC (trailing zeros trimmed), or "" for
     no time, which is how Vault renders an unset ``deletion_time``."""
