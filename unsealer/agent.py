@@ -10,7 +10,7 @@ inside, the network, the daemon restarting half-way.  The two are retried on
 different scales: KMS is remote, metered and throttles, so it gets the
 configured backoff (0.5 s doubling to 30 s by default); the daemon is a
 local process that comes back within a second of a restart and costs
-nothing to ask, so it is asked again after 50 ms, doubling to 250 ms.
+nothing to ask, so it is asked again after 50 ms, doubling to 100 ms.
 
 Between episodes the agent waits ``poll_interval``, but it also watches the
 keep-alive connection its last request left open: when the daemon stops,
@@ -84,7 +84,7 @@ def backoff_wait(initial: float, cap: float) -> tenacity.wait.wait_base:
 
 DAEMON_RETRY_INITIAL = 0.05
 """Seconds before asking an unreachable daemon again (upper bound, doubling)."""
-DAEMON_RETRY_CAP = 0.25
+DAEMON_RETRY_CAP = 0.1
 """The most the agent waits between two looks at a daemon that is down."""
 STOP_CHECK = 0.25
 """How long one wait on the watched connection lasts before the stop flag is
@@ -299,7 +299,7 @@ class Agent:
                       attempt=retry_state.attempt_number, retry_delay_sec=delay, permanent=False)
             return
         else:
-            # Asked every 50-250 ms while it is down: say so at the first
+            # Asked every 50-100 ms while it is down: say so at the first
             # failures and then at attempts 4, 8, 16..., not four times a second.
             n = retry_state.attempt_number
             level = logging.WARNING if n & (n - 1) == 0 else logging.DEBUG

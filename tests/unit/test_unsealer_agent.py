@@ -370,7 +370,7 @@ def test_the_daemon_is_retried_on_a_short_scale_and_kms_on_the_configured_one() 
 
     daemon = [wait_after(DaemonUnavailable("refused")) for _ in range(12)]
     assert 0.025 <= daemon[0] <= 0.05
-    assert all(0.125 <= w <= 0.25 for w in daemon[4:])
+    assert all(0.05 <= w <= 0.1 for w in daemon[4:])
     # KMS's first retry is its own first, not the thirteenth of the episode.
     kms = [wait_after(SealError("throttled", code="ThrottlingException", permanent=False)) for _ in range(3)]
     assert 0.25 <= kms[0] <= 0.5 and 0.5 <= kms[1] <= 1.0 and 1.0 <= kms[2] <= 2.0
