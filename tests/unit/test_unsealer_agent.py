@@ -214,11 +214,13 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     seen: list[tuple[str, str, bytes]]
+    connections: list[socket.socket]
     answer: tuple[int, dict[str, str], bytes]
 
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         self.seen.append((self.command, self.path, self.rfile.read(length)))
+        self.connections.append(self.connection)
         status, headers, body = self.answer
         self.send_response(status)
         for key, value in headers.items():
@@ -237,7 +239,7 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
 
 
 def _recorder(answer: tuple[int, dict[str, str], bytes]) -> type[_Recorder]:
-    return type("Recorder", (_Recorder,), {"seen": [], "answer": answer})
+    return type("Recorder", (_Recorder,), {"seen": [], "connections": [], "answer": answer})
 
 
 @pytest.fixture
@@ -376,29 +378,10 @@ def test_the_daemon_is_retried_on_a_short_scale_and_kms_on_the_configured_one() 
     assert 0.25 <= kms[0] <= 0.5 and 0.5 <= kms[1] <= 1.0 and 1.0 <= kms[2] <= 2.0
 
 
-class _KeepAlive(http.server.BaseHTTPRequestHandler):
-    """A daemon's ``state`` answer over HTTP/1.1, keeping the connection."""
-
-    protocol_version = "HTTP/1.1"
-    connections: list[object] = []
-
-    def do_GET(self) -> None:
-        self.connections.append(self.connection)
-        body = json.dumps({**STATE, "sealed": False}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Quiet."""
-
-
 def test_the_agent_looks_again_as_soon_as_the_daemon_closes_its_connection(
     serve: object, aws_env: dict[str, str], kms_key: KmsKey
 ) -> None:
-    handler = type("KeepAlive", (_KeepAlive,), {"connections": []})
+    handler = _recorder((200, {"Content-Type": "application/json"}, json.dumps({**STATE, "sealed": False}).encode()))
     server = serve(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler))  # type: ignore[operator]
     settings = AgentSettings(address=f"http://127.0.0.1:{server.server_address[1]}", poll_interval=600)
     client = DaemonClient(settings.address)

@@ -161,25 +161,9 @@ def envelope_body(
     return body
 
 
-def envelope(
-    data: Any = None,
-    *,
-    auth: dict[str, Any] | None = None,
-    warnings: list[str] | None = None,
-    lease_duration: int = 0,
-    renewable: bool = False,
-    legacy_top_level: bool = False,
-    status: int = 200,
-) -> FlaskResponse:
-    body = envelope_body(
-        data,
-        auth=auth,
-        warnings=warnings,
-        lease_duration=lease_duration,
-        renewable=renewable,
-        legacy_top_level=legacy_top_level,
-    )
-    return raw_json(body, status)
+def envelope(data: Any = None, *, status: int = 200, **fields: Any) -> FlaskResponse:
+    """:func:`envelope_body` (``fields`` are its keywords) as a response."""
+    return raw_json(envelope_body(data, **fields), status)
 
 
 def logical_body(response: Response) -> tuple[int, Any]:
