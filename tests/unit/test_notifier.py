@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -199,3 +200,43 @@ def test_worker_heartbeat_files_go_to_the_unit_s_runtime_directory(
     assert _memory_backed_dir() == str(tmp_path)
     monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "missing"))
     assert _memory_backed_dir() == ("/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
+
+
+def test_a_fork_waits_for_the_notifier_to_finish_its_poll() -> None:
+    """The master forks workers while the notifier thread polls and logs; a
+    fork in the middle of a log line leaves the worker a stream lock that
+    nobody will release (see Notifier.quiet)."""
+    core, shared = shamir_core()
+    notifier = Notifier(shared, core, None, workers=2)
+    in_poll, release, polls = threading.Event(), threading.Event(), []
+
+    def slow_poll() -> None:
+        polls.append(1)
+        in_poll.set()
+        release.wait(10)
+
+    notifier.poll_once = slow_poll  # type: ignore[method-assign]
+    notifier.POLL_INTERVAL = 0.01
+    notifier.start()
+    try:
+        assert in_poll.wait(10)
+        forked = threading.Event()
+
+        def fork() -> None:
+            with notifier.quiet():
+                forked.set()
+
+        forker = threading.Thread(target=fork)
+        forker.start()
+        assert not forked.wait(0.3), "the fork did not wait for the poll in progress"
+        release.set()
+        assert forked.wait(10)
+        forker.join(10)
+        with notifier.quiet():
+            count = len(polls)
+            in_poll.clear()
+            assert not in_poll.wait(0.3), "a poll started while a fork held the notifier quiet"
+            assert len(polls) == count
+    finally:
+        notifier.stopping()
+        release.set()
