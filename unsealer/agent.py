@@ -31,6 +31,7 @@ from __future__ import annotations
 import enum
 import logging
 import select
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -284,9 +285,11 @@ class Agent:
                 self.stop_event.wait(min(remaining, STOP_CHECK))
                 continue
             if watch.poll(min(remaining, STOP_CHECK) * 1000):
-                # The daemon never speaks first on an idle connection: this
-                # is its end closing.  The client notices and reconnects.
-                return
+                if _peer_closed(sock):
+                    return  # the daemon stopped; the client reconnects next time
+                # Bytes the daemon sent unasked (a TLS record, say): not a
+                # close.  Wait out the interval rather than spin on them.
+                watch = None
 
     def _log_retry(self, retry_state: tenacity.RetryCallState) -> None:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
@@ -300,11 +303,23 @@ class Agent:
             return
         else:
             # Asked every 50-100 ms while it is down: say so at the first
-            # failures and then at attempts 4, 8, 16..., not four times a second.
+            # failures and then at attempts 4, 8, 16..., not ten times a second.
             n = retry_state.attempt_number
             level = logging.WARNING if n & (n - 1) == 0 else logging.DEBUG
             cause = f"daemon not available: {exc}"
         log.log(level, "attempt %d failed: %s; retrying in %.2f s", retry_state.attempt_number, cause, delay)
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """Whether the other end closed ``sock``, without consuming anything.
+    Peeks at the raw TCP stream, below TLS, which is enough to tell an
+    end-of-stream from bytes waiting."""
+    try:
+        return socket.socket.recv(sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 class _EpisodeWaits:

@@ -442,3 +442,27 @@ def test_unusable_configs_exit_2(aws_env: dict[str, str], tmp_path: Path, extra:
     path = tmp_path / "vaultd.hcl"
     path.write_text(BASE + extra)
     assert main(["--config", str(path)]) == exitcodes.CONFIG
+
+
+def test_bytes_on_the_watched_connection_are_not_taken_for_a_close(
+    aws_env: dict[str, str], kms_key: KmsKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TLS record the daemon sends unasked makes the socket readable too;
+    the agent must not run an episode on every such wake."""
+    ours, daemons = socket.socketpair()
+    settings = AgentSettings(address=f"http://127.0.0.1:{free_port()}", poll_interval=600)
+    client = DaemonClient(settings.address)
+    monkeypatch.setattr(client, "idle_socket", lambda: ours)
+    agent = Agent(client, AwsKmsSeal(kms_key.seal_options()), settings)
+    daemons.sendall(b"x")
+    pause = threading.Thread(target=agent._pause)
+    pause.start()
+    pause.join(timeout=0.6)
+    assert pause.is_alive(), "unread bytes ended the wait as if the daemon had gone"
+    agent.stop()
+    pause.join(timeout=20)
+    assert not pause.is_alive()
+    assert ours.recv(1) == b"x", "the watch must not consume what it looked at"
+    ours.close()
+    daemons.close()
+    client.close()
