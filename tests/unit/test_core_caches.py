@@ -8,6 +8,7 @@ for two gunicorn workers, as in the server.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -164,7 +165,8 @@ def test_a_seal_in_one_worker_wipes_an_idle_worker_s_keys_and_plaintext() -> Non
     _write(first, token, "kv/data/app", {"data": {"v": "secret-value"}})
     _read(second, token, "kv/data/app")
     assert second.barrier._plaintexts._memo, "the read should have left plaintext in the memo"
-    second.watch_seal(interval=0.05)
+    stop = threading.Event()
+    second.watch_seal(interval=0.05, stop=stop)
     first.seal(token)
     # The sealing worker drops its own at once; the idle one within its watch.
     assert first.barrier.sealed and not first.barrier._plaintexts._memo
@@ -174,3 +176,27 @@ def test_a_seal_in_one_worker_wipes_an_idle_worker_s_keys_and_plaintext() -> Non
     assert second.barrier.sealed
     assert not second.barrier._plaintexts._memo
     assert second.router._cached is None, "engines (and their parsed reads) must go with the seal"
+    stop.set()
+
+
+def test_a_lasting_failure_of_the_seal_watch_is_logged_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, _, _ = _workers()
+    calls: list[int] = []
+
+    def broken() -> bool:
+        calls.append(1)
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(first.lifecycle, "refresh", broken)
+    caplog.set_level(logging.WARNING, logger="vaultd.core")
+    stop = threading.Event()
+    first.watch_seal(interval=0.01, stop=stop)
+    deadline = time.monotonic() + 10
+    while len(calls) < 10 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    assert len(calls) >= 10
+    warnings = [r for r in caplog.records if "seal watch" in r.getMessage()]
+    assert [r.getMessage() for r in warnings] == ["seal watch: OSError"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,22 +121,28 @@ class Core:
         self.lifecycle.seal_now(by_operator=True)
         self.lifecycle.refresh()  # this worker's caches go now, not at its next request
 
-    def watch_seal(self, interval: float = SEAL_WATCH_INTERVAL) -> threading.Thread:
+    def watch_seal(
+        self, interval: float = SEAL_WATCH_INTERVAL, *, stop: threading.Event | None = None
+    ) -> threading.Thread:
         """Catch up with the shared seal state every ``interval`` seconds,
         from a daemon thread, even when no request comes.
 
         A worker otherwise notices a seal made by another worker (or a
         generation change) at its next request; until then it would keep its
         keyring and the plaintext its read caches hold.  Started once per
-        gunicorn worker."""
+        gunicorn worker; ``stop`` is for tests."""
+        stopped = stop or threading.Event()
 
         def run() -> None:
-            while True:
-                time.sleep(interval)
+            said = ""  # the failure last logged: a lasting one is said once, not twice a second
+            while not stopped.wait(interval):
                 try:
                     self.lifecycle.refresh()
+                    said = ""
                 except Exception as exc:  # a bad moment must not end the watch
-                    log.warning("seal watch: %s", type(exc).__name__)
+                    if type(exc).__name__ != said:
+                        said = type(exc).__name__
+                        log.warning("seal watch: %s", said)
 
         thread = threading.Thread(target=run, name="vaultd-seal-watch", daemon=True)
         thread.start()
