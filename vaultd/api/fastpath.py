@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
 
-from vaultd.api.http import encode_json, envelope_body, log_error, log_unexpected, logical_body
+from vaultd.api.http import encode_json, envelope_body, log_error, log_unexpected, logical_body, token_from_environ
 from vaultd.core.core import Core
 from vaultd.errors import VaultError
 from vaultd.logical import Operation, Request
@@ -40,18 +40,6 @@ system-backend order; never answered here."""
 _STATUS_LINES = {status.value: f"{status.value} {status.phrase.upper()}" for status in HTTPStatus}
 _JSON_HEADER = ("Content-Type", "application/json")
 _EMPTY_TYPE = ("Content-Type", "text/html; charset=utf-8")
-
-
-def _client_token(environ: dict[str, Any]) -> str | None:
-    """``X-Vault-Token``, or ``Authorization: Bearer``: the same rule as
-    :func:`vaultd.api.http.client_token`, read from the WSGI environ."""
-    token = environ.get("HTTP_X_VAULT_TOKEN")
-    if token:
-        return str(token)
-    auth = str(environ.get("HTTP_AUTHORIZATION", ""))
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip() or None
-    return None
 
 
 def _eligible(environ: dict[str, Any]) -> str | None:
@@ -92,7 +80,7 @@ class FastPath:
             answer = self._read
             path = relative
         try:
-            status, body = answer(_client_token(environ), path)
+            status, body = answer(token_from_environ(environ), path)
         except VaultError as exc:
             log_error(exc)
             status, body = exc.status, {"errors": exc.messages}

@@ -27,10 +27,15 @@ log = logging.getLogger("vaultd.api")
 
 def client_token() -> str | None:
     """``X-Vault-Token``, or ``Authorization: Bearer``, as Vault accepts."""
-    token = request.headers.get("X-Vault-Token")
+    return token_from_environ(request.environ)
+
+
+def token_from_environ(environ: Mapping[str, Any]) -> str | None:
+    """:func:`client_token` from a WSGI environ, for the fast path too."""
+    token = environ.get("HTTP_X_VAULT_TOKEN")
     if token:
-        return token
-    auth = request.headers.get("Authorization", "")
+        return str(token)
+    auth = str(environ.get("HTTP_AUTHORIZATION", ""))
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip() or None
     return None
