@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from vaultd.core.keyring import Keyring
 from vaultd.crypto import aead
 from vaultd.errors import Sealed, StorageError
-from vaultd.storage.base import Storage
+from vaultd.storage.base import Op, Put, Storage
 from vaultd.storage.cache import DecodeMemo
 
 _VERSION = 1
@@ -74,6 +74,14 @@ class Barrier(Storage):
     def delete(self, key: str) -> None:
         self.keyring  # noqa: B018 - a sealed barrier refuses every operation
         self._physical.delete(key)
+
+    def transaction(self, ops: Sequence[Op]) -> None:
+        """Every value encrypted first, so a sealed barrier or a failed
+        encryption stores nothing."""
+        self.keyring  # noqa: B018
+        self._physical.transaction(
+            [Put(op.key, self.encrypt(op.key, op.value)) if isinstance(op, Put) else op for op in ops]
+        )
 
     def list(self, prefix: str) -> list[str]:
         self.keyring  # noqa: B018

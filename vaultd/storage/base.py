@@ -13,7 +13,29 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Put:
+    """One write of a :meth:`Storage.transaction`."""
+
+    key: str
+    value: bytes
+
+    def __repr__(self) -> str:  # values are ciphertext or secrets: never shown
+        return f"Put({self.key!r}, <{len(self.value)} bytes>)"
+
+
+@dataclass(frozen=True)
+class Delete:
+    """One removal of a :meth:`Storage.transaction`."""
+
+    key: str
+
+
+Op = Put | Delete
 
 
 class Storage(abc.ABC):
@@ -42,6 +64,22 @@ class Storage(abc.ABC):
         ``name`` narrows the lock (e.g. to one secret's path) where the backend
         can; a backend may always take a coarser lock.
         """
+
+    def transaction(self, ops: Sequence[Op]) -> None:
+        """Apply ``ops`` in order, all or nothing (Vault's
+        ``physical.Transactional``): one logical change that spans several
+        keys (a KV v2 version and its metadata, a token and its accessor)
+        must never be half there after a crash.
+
+        This default applies them one by one, which is all a backend without
+        transactions (``file``) can do: a crash between two of them leaves
+        the first.  Backends that can do better override it.
+        """
+        for op in ops:
+            if isinstance(op, Put):
+                self.put(op.key, op.value)
+            else:
+                self.delete(op.key)
 
 
 def split_children(keys: Iterator[str] | list[str], prefix: str) -> list[str]:

@@ -13,10 +13,10 @@ therefore only cause an extra read, never a stale value.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
-from vaultd.storage.base import Storage
+from vaultd.storage.base import Op, Storage
 
 T = TypeVar("T")
 
@@ -77,6 +77,15 @@ class CachedStorage(Storage):
             self.inner.delete(key)
         finally:
             self.versions.bump_key_version(key)
+
+    def transaction(self, ops: Sequence[Op]) -> None:
+        for op in ops:
+            self._cache.pop(op.key, None)
+        try:
+            self.inner.transaction(ops)
+        finally:
+            for op in ops:
+                self.versions.bump_key_version(op.key)
 
     def list(self, prefix: str) -> list[str]:
         return self.inner.list(prefix)

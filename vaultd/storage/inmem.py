@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
-from vaultd.storage.base import Storage, split_children
+from vaultd.storage.base import Op, Put, Storage, split_children
 
 
 class InmemStorage(Storage):
@@ -30,6 +30,14 @@ class InmemStorage(Storage):
     def delete(self, key: str) -> None:
         with self._guard:
             self._data.pop(key, None)
+
+    def transaction(self, ops: Sequence[Op]) -> None:
+        with self._guard:
+            for op in ops:
+                if isinstance(op, Put):
+                    self._data[op.key] = bytes(op.value)
+                else:
+                    self._data.pop(op.key, None)
 
     def list(self, prefix: str) -> list[str]:
         with self._guard:

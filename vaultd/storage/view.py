@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Sequence
 
-from vaultd.storage.base import Storage
+from vaultd.storage.base import Delete, Op, Put, Storage
 from vaultd.storage.keys import split_key, split_prefix
 
 
@@ -52,6 +53,11 @@ class StorageView(Storage):
 
     def delete(self, key: str) -> None:
         self._inner.delete(self._key(key))
+
+    def transaction(self, ops: Sequence[Op]) -> None:
+        self._inner.transaction(
+            [Put(self._key(op.key), op.value) if isinstance(op, Put) else Delete(self._key(op.key)) for op in ops]
+        )
 
     def list(self, prefix: str) -> list[str]:
         split_prefix(prefix)

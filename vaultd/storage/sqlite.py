@@ -1,0 +1,307 @@
+"""Embedded storage in one SQLite database: ``storage "sqlite" { path = DIR }``.
+
+Why SQLite: a KV v2 write is two keys (the version and the metadata), and
+the ``file`` backend makes each durable on its own (temp file, fsync,
+rename, directory fsync: four fsyncs a write, and a crash between the two
+leaves one without the other).  SQLite in WAL mode commits any number of
+keys with one fsync of its log, all or nothing, and it is a crash-tested
+engine in Python's standard library that several processes may open at once.
+
+- Durability: ``journal_mode=WAL`` with ``synchronous=FULL``, so an
+  acknowledged write survives power loss, not only ``kill -9``.
+- Writers: SQLite admits one writer at a time and makes the others poll
+  (its busy handler sleeps up to 100 ms between tries).  Writers therefore
+  queue on an ``flock`` first, which wakes the next one the moment the last
+  commits; SQLite's own lock is then free except during a backup or a
+  checkpoint, for which ``busy_timeout`` waits.
+- Readers never wait: WAL gives every statement a consistent snapshot.
+- Connections are per thread and per process (a connection must not cross a
+  ``fork``; gunicorn forks its workers after the master opened the store).
+- Checkpoints (copying the log back into the database) run from a
+  background thread, not inside a request's commit.
+- Files: the directory is 0700, the database and its ``-wal``/``-shm`` files
+  0600 (SQLite gives the latter the database file's mode).
+- A damaged database is found at open (``PRAGMA quick_check``) and refused
+  with its path named, rather than served in part.
+
+Layout: one table ``kv(key TEXT PRIMARY KEY, value BLOB)``; keys are the
+logical paths, values the barrier's ciphertext, byte for byte what the
+``file`` backend holds, so ``vaultd operator migrate`` can copy between them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+
+from vaultd.errors import StorageError
+from vaultd.storage.base import Op, Put, Storage, split_children
+from vaultd.storage.keys import split_key, split_prefix
+from vaultd.storage.locks import StripedLocks
+
+DB_NAME = "vaultd.db"
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+BUSY_TIMEOUT_MS = 30_000
+CHECKPOINT_INTERVAL = 1.0
+"""Seconds between two checkpoints by a process's checkpointer thread."""
+WAL_SIZE_LIMIT = 16 * 1024 * 1024
+"""What the log is cut back to once a checkpoint has emptied it."""
+_LABEL = "sqlite storage"
+
+_SCHEMA = "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID"
+
+
+def _error(action: str, exc: sqlite3.Error) -> StorageError:
+    """A client-facing 500 that says what failed (disk full, read-only),
+    never which key: keys can name secrets."""
+    text = str(exc).split("\n")[0][:200]
+    return StorageError(f"{_LABEL}: cannot {action}: {text}")
+
+
+def _make_private_dirs(path: str) -> None:
+    """``path`` and its missing parents, 0700 whatever the umask."""
+    missing: list[str] = []
+    current = path
+    while current and not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, DIR_MODE)
+        except FileExistsError:
+            continue
+        os.chmod(directory, DIR_MODE)
+
+
+class _Checkpointer:
+    """One background thread per process that moves the WAL back into the
+    database when it has grown, so no request's commit pays for it."""
+
+    def __init__(self, storage: SqliteStorage) -> None:
+        self._storage = weakref.ref(storage)
+        self.pid = os.getpid()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vaultd-sqlite-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(CHECKPOINT_INTERVAL):
+            storage = self._storage()
+            if storage is None:
+                return
+            with contextlib.suppress(sqlite3.Error, StorageError):
+                storage.checkpoint()
+            del storage
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class SqliteStorage(Storage):
+    def __init__(self, path: str, *, background_checkpoints: bool = True) -> None:
+        if not path:
+            raise ValueError('storage "sqlite" needs a non-empty path')
+        self._root = os.path.abspath(path)
+        self._db = os.path.join(self._root, DB_NAME)
+        lock_dir = os.path.join(self._root, ".locks")
+        try:
+            _make_private_dirs(self._root)
+            _make_private_dirs(lock_dir)
+            fd = os.open(self._db, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
+            try:
+                os.fchmod(fd, FILE_MODE)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StorageError(f"{_LABEL}: cannot create {self._root}: {exc.strerror}") from exc
+        self._locks = StripedLocks(lock_dir, label=_LABEL)
+        # One stripe: the queue every writer of every process joins.
+        self._writer = StripedLocks(lock_dir, label=_LABEL, stripes=1, file_prefix="writer-")
+        self._local = threading.local()
+        self._background = background_checkpoints
+        self._checkpointer: _Checkpointer | None = None
+        self._checkpointer_guard = threading.Lock()
+        self._open_checked()
+
+    def __repr__(self) -> str:
+        return f"SqliteStorage({self._root!r})"
+
+    @property
+    def path(self) -> str:
+        return self._root
+
+    @property
+    def database(self) -> str:
+        return self._db
+
+    # -- connections ---------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._db, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+            # Checkpoints are the background thread's (see _Checkpointer).
+            conn.execute("PRAGMA wal_autocheckpoint = 0" if self._background else "PRAGMA wal_autocheckpoint = 1000")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _open_checked(self) -> None:
+        """Set the database up and check it, once, in the opening process."""
+        try:
+            conn = self._connect()
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StorageError(f"{_LABEL}: {self._db}: cannot use write-ahead logging (journal mode {mode})")
+                rows = [row[0] for row in conn.execute("PRAGMA quick_check")]
+                if rows != ["ok"]:
+                    detail = "; ".join(str(r) for r in rows[:3])
+                    raise StorageError(f"{_LABEL}: {self._db} is damaged (quick_check: {detail}); restore a snapshot")
+                conn.execute(_SCHEMA)
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"{_LABEL}: {self._db} cannot be opened: {str(exc)[:200]}") from None
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(self._db + suffix, FILE_MODE)
+
+    def _conn(self) -> sqlite3.Connection:
+        local = self._local
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is not None and local.pid == os.getpid():
+            return conn
+        # A connection inherited through fork is abandoned, never closed or
+        # used: SQLite's locks and caches belong to the parent.
+        try:
+            conn = self._connect()
+        except sqlite3.Error as exc:
+            raise _error("open the database", exc) from None
+        local.conn, local.pid = conn, os.getpid()
+        return conn
+
+    def _ensure_checkpointer(self) -> None:
+        """Started by a process's first write, never by a read: the gunicorn
+        master only reads, and a thread inside SQLite while the master forks
+        could leave a worker with one of SQLite's mutexes held forever."""
+        checkpointer = self._checkpointer
+        if not self._background or (checkpointer is not None and checkpointer.pid == os.getpid()):
+            return
+        with self._checkpointer_guard:
+            if self._checkpointer is None or self._checkpointer.pid != os.getpid():
+                self._checkpointer = _Checkpointer(self)
+
+    def close(self) -> None:
+        """Close this thread's connection and stop this process's checkpointer."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            conn.close()
+        self._local.conn = None
+        if self._checkpointer is not None and self._checkpointer.pid == os.getpid():
+            self._checkpointer.stop()
+            self._checkpointer = None
+
+    # -- Storage -------------------------------------------------------------
+
+    def get(self, key: str) -> bytes | None:
+        split_key(key)
+        try:
+            row = self._conn().execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error as exc:
+            raise _error("read", exc) from None
+        return None if row is None else bytes(row[0])
+
+    def put(self, key: str, value: bytes) -> None:
+        self.transaction([Put(key, value)])
+
+    def delete(self, key: str) -> None:
+        split_key(key)
+        self._write(lambda conn: conn.execute("DELETE FROM kv WHERE key = ?", (key,)))
+
+    def transaction(self, ops: Sequence[Op]) -> None:
+        """All of ``ops`` in one SQLite transaction: one fsync, all or nothing."""
+        rows: list[tuple[str, bytes | None]] = []
+        for op in ops:
+            split_key(op.key)
+            rows.append((op.key, bytes(op.value) if isinstance(op, Put) else None))
+        if not rows:
+            return
+
+        def apply(conn: sqlite3.Connection) -> None:
+            for key, value in rows:
+                if value is None:
+                    conn.execute("DELETE FROM kv WHERE key = ?", (key,))
+                else:
+                    conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value))
+
+        self._write(apply)
+
+    def _write(self, apply: Callable[[sqlite3.Connection], object]) -> None:
+        conn = self._conn()
+        self._ensure_checkpointer()
+        with self._writer.lock("writer"):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise _error("write", exc) from None
+            try:
+                apply(conn)
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise _error("write", exc) from None
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+
+    def list(self, prefix: str) -> list[str]:
+        split_prefix(prefix)
+        try:
+            if prefix:
+                # Every key under "a/b/" sorts between "a/b/" and "a/b0"
+                # ('0' follows '/'), and SQLite compares TEXT as UTF-8
+                # bytes, which is code point order.
+                upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+                cursor = self._conn().execute(
+                    "SELECT key FROM kv WHERE key > ? AND key < ? ORDER BY key", (prefix, upper)
+                )
+            else:
+                cursor = self._conn().execute("SELECT key FROM kv ORDER BY key")
+            keys = [row[0] for row in cursor]
+        except sqlite3.Error as exc:
+            raise _error("list", exc) from None
+        return split_children(keys, prefix)
+
+    def lock(self, name: str = "") -> contextlib.AbstractContextManager[None]:
+        return self._locks.lock(name)
+
+    # -- maintenance ---------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """A passive checkpoint: it copies what no reader still needs back
+        into the database and never waits for writers, who carry on
+        appending meanwhile.  Cheap when there is nothing to copy."""
+        self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def keys(self) -> Iterator[str]:
+        """Every key, in order: for migration and verification."""
+        try:
+            cursor = self._conn().execute("SELECT key FROM kv ORDER BY key")
+            for row in cursor:
+                yield row[0]
+        except sqlite3.Error as exc:
+            raise _error("list", exc) from None
