@@ -6,7 +6,7 @@ from flask import Flask
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
-from vaultd.api import auth_token, logical, sys_health, sys_init, sys_mounts, sys_seal, sys_vaultd
+from vaultd.api import auth_token, logical, sys_health, sys_init, sys_mounts, sys_policy, sys_seal, sys_vaultd
 from vaultd.api.fastpath import FastPath
 from vaultd.api.http import error, log_error, log_unexpected
 from vaultd.core.core import Core
@@ -22,7 +22,8 @@ def create_app(core: Core, *, max_request_size: int | None = DEFAULT_MAX_REQUEST
     app.config["MAX_CONTENT_LENGTH"] = max_request_size if max_request_size and max_request_size > 0 else None
     app.extensions["vaultd.core"] = core
     # The system blueprints first; the logical catch-all takes the rest.
-    for blueprint in (sys_init.bp, sys_seal.bp, sys_health.bp, sys_mounts.bp, sys_vaultd.bp, auth_token.bp, logical.bp):
+    blueprints = (sys_init.bp, sys_seal.bp, sys_health.bp, sys_mounts.bp, sys_policy.bp, sys_vaultd.bp, auth_token.bp)
+    for blueprint in (*blueprints, logical.bp):
         app.register_blueprint(blueprint)
     app.extensions[logical.SYSTEM_ROUTES] = logical.system_routes(app.url_map)
     app.before_request(logical.refuse_options)

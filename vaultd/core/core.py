@@ -14,8 +14,9 @@ from typing import Any
 from vaultd.core.barrier import Barrier
 from vaultd.core.lifecycle import InitRequest, Lifecycle
 from vaultd.core.policy import authorize
+from vaultd.core.policy_store import PolicyStore
 from vaultd.core.router import MOUNTS_KEY, MountEntry, Router, new_mount
-from vaultd.core.seal_state import EPOCH_MOUNTS, SharedSealState
+from vaultd.core.seal_state import EPOCH_MOUNTS, EPOCH_POLICIES, SharedSealState
 from vaultd.core.tokens import TokenEntry, TokenStore
 from vaultd.errors import BadRequest, NotFound, PermissionDenied
 from vaultd.logical import Operation, Request, Response
@@ -62,6 +63,11 @@ class Core:
             system_default_ttl=settings.default_lease_ttl,
             system_max_ttl=settings.max_lease_ttl,
         )
+        self.policies = PolicyStore(
+            StorageView(self.barrier, "sys/policy/"),
+            lambda: shared.epoch(EPOCH_POLICIES),
+            lambda: shared.bump_epoch(EPOCH_POLICIES),
+        )
 
     def _token_store(self, barrier: Storage) -> TokenStore:
         return TokenStore(
@@ -83,6 +89,7 @@ class Core:
         """The seal generation changed (sealed, or unsealed again): nothing
         cached under the previous one is trusted."""
         self.router.invalidate()
+        self.policies.clear()
         self.tokens = self._token_store(self.barrier)
         self.physical.clear()
 
@@ -108,8 +115,46 @@ class Core:
     def check(self, token: str | None, path: str, operation: Operation, *, sudo: bool = False) -> TokenEntry:
         """The one authorisation gate: who is asking, and may they do this here."""
         entry = self.authenticate(token)
-        authorize(entry.policies, path, operation, sudo=sudo)
+        authorize(self.policies.acl(entry.policies), path, operation, sudo=sudo)
         return entry
+
+    # -- policies ----------------------------------------------------------------------
+
+    def capabilities(
+        self, client: str | None, kind: str, paths: list[str], *, token: str | None = None,
+        accessor: str | None = None,
+    ) -> dict[str, Any]:
+        """``sys/capabilities`` (``kind`` "token"), ``-self`` and ``-accessor``:
+        what a token's policies grant on each path, in Vault's shape (one
+        key per path, plus ``capabilities`` when there is one path)."""
+        endpoint = {"token": "sys/capabilities", "self": "sys/capabilities-self",
+                    "accessor": "sys/capabilities-accessor"}[kind]
+        caller = self.check(client, endpoint, Operation.UPDATE)
+        if kind == "self":
+            target: TokenEntry | None = caller
+        elif kind == "accessor":
+            if not accessor:
+                raise BadRequest("missing accessor")
+            target = self.tokens.lookup_accessor(accessor)
+            if target is None:
+                raise BadRequest("invalid accessor")
+        else:
+            if not token:
+                raise BadRequest("no token found")
+            target = self.tokens.lookup(token)
+            if target is None:
+                raise BadRequest("invalid token")
+        acl = self.policies.acl(target.policies)
+        result: dict[str, Any] = {path: acl.capabilities(path) for path in paths}
+        if len(paths) == 1:
+            result["capabilities"] = result[paths[0]]
+        return result
+
+    def resultant_acl(self, client: str | None) -> dict[str, Any]:
+        """``sys/internal/ui/resultant-acl``: the caller's merged rules."""
+        entry = self.check(client, "sys/internal/ui/resultant-acl", Operation.READ)
+        acl = self.policies.acl(entry.policies)
+        return {"root": True} if acl.root else acl.to_resultant()
 
     # -- lifecycle passthroughs ------------------------------------------------------
 
@@ -201,7 +246,7 @@ class Core:
                 "preflight capability check returned 403, please ensure client's policies grant "
                 f'access to path "{path.rstrip("/")}/"'
             )
-        if not entry.is_root:
+        if not self.policies.acl(entry.policies).has_mount_access(routed[0].path):
             # Vault answers only when the token can do something below it.
             raise PermissionDenied()
         return routed[0]
@@ -229,7 +274,7 @@ class Core:
         entry = self.authenticate(token)
         if operation in (Operation.CREATE, Operation.UPDATE):
             operation = Operation.UPDATE if engine.exists(routed_request) else Operation.CREATE
-        authorize(entry.policies, full_path, operation)
+        authorize(self.policies.acl(entry.policies), full_path, operation, data=request.data)
         routed_request.operation = operation
         routed_request.client_token_accessor = entry.accessor
         routed_request.display_name = entry.display_name

@@ -52,8 +52,9 @@ FLAG_SEALED_BY_OPERATOR = 2
 # Epoch slots: a worker that sees one change drops the matching cache.
 EPOCH_KEYRING = 0
 EPOCH_MOUNTS = 1
-# Slot 2 is free: token changes reach other workers through the storage
-# cache's per-key versions.
+# Token changes reach other workers through the storage cache's per-key
+# versions; policies need an epoch because each worker compiles them.
+EPOCH_POLICIES = 2
 EPOCH_INIT = 3
 # Not an epoch but a counter in the same table: barrier encryptions with the
 # active keyring term since this daemon started (sys/key-status).
