@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_from_config(config)
         seal = AwsKmsSeal(config.seal.options)
         seal.prepare()
-        client = DaemonClient(settings.address, ca_file=settings.ca_file, timeout=settings.timeout)
+        client = DaemonClient(settings.address, ca_file=settings.ca_file, timeout=settings.timeout,
+                              channel=settings.channel, tls=settings.unix_tls)
     except (SettingsError, AwsKmsConfigError) as exc:
         log.error("cannot use the config: %s", exc)
         return exitcodes.CONFIG

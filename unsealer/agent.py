@@ -42,6 +42,7 @@ import tenacity
 from unsealer import exitcodes
 from unsealer.client import DaemonClient, DaemonRefused, DaemonState, DaemonUnavailable, wipe
 from unsealer.settings import AgentSettings
+from vaultd.agent_channel import UntrustedPeer
 from vaultd.logging import log_event
 from vaultd.seal.base import AutoSeal, SealError
 
@@ -154,6 +155,11 @@ class Agent:
             return retrying(self._attempt)
         except _Stopping:
             return Outcome.STOPPED
+        except UntrustedPeer as exc:
+            # Before any key left: whoever is at the other end is not the daemon.
+            log_event(log, "agent_channel_refused", "refusing the daemon's socket: %s", exc,
+                      level=logging.ERROR, peer_side="daemon", address=self.client.address)
+            raise AgentExit(exitcodes.UNTRUSTED_DAEMON, f"the agent socket is not trustworthy: {exc}") from None
         except (DaemonUnavailable, BootChanged, SealError):
             if self.stop_event.is_set():
                 return Outcome.STOPPED

@@ -9,6 +9,13 @@ The plaintext key leaves this process only here, so the client is strict
 about where it goes: proxies and ``.netrc`` from the environment are ignored,
 redirects are not followed, plain HTTP is allowed to loopback only, and the
 request body is built in a ``bytearray`` that is wiped after the call.
+
+Over a unix socket every new connection is checked before and after it is
+made (:func:`vaultd.agent_channel.check_socket_path` and ``check_peer``):
+the socket and its directory must belong to a uid the agent trusts and the
+process that accepts must run as one.  A failure raises
+:class:`~vaultd.agent_channel.UntrustedPeer`, which no layer here turns into
+a retryable error: the agent ends with its own exit code.
 """
 
 from __future__ import annotations
@@ -16,9 +23,9 @@ from __future__ import annotations
 import json
 import re
 import socket
+import ssl
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import requests
 import requests.adapters
@@ -27,6 +34,7 @@ import urllib3.connectionpool
 import urllib3.exceptions
 
 from unsealer.settings import SettingsError, check_address
+from vaultd.agent_channel import AgentChannel, ChannelError, check_peer, check_socket_path, unix_socket_path
 from vaultd.seal.base import StoredKey
 
 _UNIX_BASE = "http://localhost"
@@ -72,7 +80,18 @@ class DaemonState:
 
 
 class DaemonClient:
-    def __init__(self, address: str, *, ca_file: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        ca_file: str | None = None,
+        timeout: float = 10.0,
+        channel: AgentChannel | None = None,
+        tls: bool = False,
+    ) -> None:
+        """``channel`` says whom to trust on a unix socket (by default: this
+        uid and root); ``tls`` speaks TLS over the socket, as gunicorn does
+        on every socket when the daemon's listeners use TLS."""
         check_address(address)
         self.address = address
         self.timeout = timeout
@@ -80,10 +99,16 @@ class DaemonClient:
         # No HTTP(S)_PROXY, no .netrc: the key goes to the configured address only.
         self._session.trust_env = False
         self._session.verify = ca_file if ca_file else True
-        socket_path = _unix_socket_path(address)
+        try:
+            socket_path = unix_socket_path(address)
+        except ChannelError as exc:
+            raise SettingsError(str(exc)) from None
         if socket_path is not None:
+            if channel is None or channel.socket_path is None:
+                channel = AgentChannel(address=address, socket_path=socket_path, explicit=True)
+            context = _unix_tls_context(ca_file) if tls else None
             self._base = _UNIX_BASE
-            self._session.mount(_UNIX_BASE, _UnixSocketAdapter(socket_path, timeout))
+            self._session.mount(_UNIX_BASE, _UnixSocketAdapter(channel, timeout, context))
         else:
             self._base = address.rstrip("/")
 
@@ -231,32 +256,53 @@ def wipe(buffer: bytearray) -> None:
 # --- unix sockets -------------------------------------------------------------------
 
 
-def _unix_socket_path(address: str) -> str | None:
-    if address.startswith("/"):
-        return address
-    if address.startswith("unix:"):
-        parts = urlsplit(address)
-        path = unquote(parts.path or parts.netloc)
-        if not path:
-            raise SettingsError(f"unsealer.address: {address!r} names no socket path")
-        return path
-    return None
+def _unix_tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """TLS over the socket.  The peer is identified by the kernel
+    (``SO_PEERCRED``), not by a host name, so none is checked; the chain is
+    checked when ``ca_file`` names the CA."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    if ca_file:
+        context.load_verify_locations(ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED
+    else:
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 class _UnixConnection(urllib3.connection.HTTPConnection):
-    def __init__(self, *args: Any, socket_path: str, socket_timeout: float, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        channel: AgentChannel,
+        socket_timeout: float,
+        tls: ssl.SSLContext | None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self._socket_path = socket_path
+        self._channel = channel
         self._socket_timeout = socket_timeout
+        self._tls = tls
 
     def connect(self) -> None:
+        assert self._channel.socket_path is not None
+        try:
+            path = check_socket_path(self._channel)
+        except OSError as exc:  # not there yet: the daemon is starting
+            raise urllib3.exceptions.NewConnectionError(self, f"{self._channel.socket_path}: {exc}") from None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self._socket_timeout)
         try:
-            sock.connect(self._socket_path)
+            sock.connect(path)
+            check_peer(self._channel, sock)
+            if self._tls is not None:
+                sock = self._tls.wrap_socket(sock)
         except OSError as exc:
             sock.close()
-            raise urllib3.exceptions.NewConnectionError(self, f"{self._socket_path}: {exc}") from None
+            raise urllib3.exceptions.NewConnectionError(self, f"{path}: {exc}") from None
+        except BaseException:
+            sock.close()
+            raise
         self.sock = sock
 
 
@@ -267,9 +313,9 @@ class _UnixPool(urllib3.connectionpool.HTTPConnectionPool):
 class _UnixSocketAdapter(requests.adapters.HTTPAdapter):
     """Sends every request of the session to one unix socket."""
 
-    def __init__(self, socket_path: str, timeout: float) -> None:
+    def __init__(self, channel: AgentChannel, timeout: float, tls: ssl.SSLContext | None) -> None:
         super().__init__()
-        self._pool = _UnixPool("localhost", socket_path=socket_path, socket_timeout=timeout)
+        self._pool = _UnixPool("localhost", channel=channel, socket_timeout=timeout, tls=tls)
 
     def get_connection(self, url: str, proxies: Any = None) -> _UnixPool:  # requests < 2.32
         return self._pool

@@ -23,7 +23,11 @@ knows where to look before reading the journal.
 |      |                   | encryption key (DisabledException, NotFoundException,          |
 |      |                   | KMSInvalidStateException, InvalidKeyUsageException)            |
 | 6    | SEAL_OTHER        | any other permanent KMS error (ValidationException, a stored   |
-|      |                   | key the agent cannot read)                                     |
+|      |                   | key the agent cannot read or whose encryption context is not   |
+|      |                   | exactly {"vaultd:cluster_id": ...})                            |
+| 7    | UNTRUSTED_DAEMON  | the agent socket, its directory or the process behind it       |
+|      |                   | belongs to a uid the agent does not trust, or the directory is |
+|      |                   | writable by others: no key was sent                            |
 """
 
 from __future__ import annotations
@@ -37,8 +41,9 @@ KMS_AUTH = 3
 WRONG_KEY = 4
 KEY_UNUSABLE = 5
 SEAL_OTHER = 6
+UNTRUSTED_DAEMON = 7
 
-PERMANENT = (CONFIG, KMS_AUTH, WRONG_KEY, KEY_UNUSABLE, SEAL_OTHER)
+PERMANENT = (CONFIG, KMS_AUTH, WRONG_KEY, KEY_UNUSABLE, SEAL_OTHER, UNTRUSTED_DAEMON)
 """What ``RestartPreventExitStatus=`` lists."""
 
 NAMES = {
@@ -49,6 +54,7 @@ NAMES = {
     WRONG_KEY: "WRONG_KEY",
     KEY_UNUSABLE: "KEY_UNUSABLE",
     SEAL_OTHER: "SEAL_OTHER",
+    UNTRUSTED_DAEMON: "UNTRUSTED_DAEMON",
 }
 
 _AUTH_CODES = frozenset(

@@ -6,16 +6,21 @@ address it dials and the seal it unwraps with cannot drift apart from what
 the daemon serves.  Keys::
 
     unsealer {
-      address         = "http://127.0.0.1:8200"   # or https://..., unix:///run/vaultd.sock
-      ca_file         = "/etc/vaultd/ca.pem"      # for https
+      address         = "unix:///run/vaultd/unseal.sock"  # the default; see below
+      ca_file         = "/etc/vaultd/ca.pem"      # for https (and TLS over the socket)
+      daemon_uids     = ["vaultd2"]               # more owners trusted for the daemon's socket
       initial_backoff = "500ms"                   # first retry delay (upper bound)
       max_backoff     = "30s"                     # cap on every retry delay
       poll_interval   = "1s"                      # how often a healthy daemon is looked at
       timeout         = "10s"                     # per HTTP request to the daemon
     }
 
-Without ``address`` the first listener of the same file is dialled (a
-wildcard bind address becomes loopback).
+Without ``address`` the agent dials the daemon's default unix socket
+(:func:`vaultd.agent_channel.default_socket_path`, the same function the
+daemon binds with).  A TCP ``address`` still works (plain HTTP to loopback
+only, or https), but it is weaker: see the README's "agent channel".
+Over a unix socket the agent checks who owns the socket and its directory
+and which uid the daemon runs as (:mod:`vaultd.agent_channel`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ import logging
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from vaultd.config import Config, ListenerConfig
+from vaultd.agent_channel import AgentChannel, ChannelError, channel_from_config
+from vaultd.config import Config
 from vaultd.durations import go_duration_seconds
 
 log = logging.getLogger("vaultd.unsealer")
@@ -35,8 +41,10 @@ DEFAULT_MAX_BACKOFF = 30.0
 DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_TIMEOUT = 10.0
 
-KNOWN_KEYS = frozenset({"address", "ca_file", "initial_backoff", "max_backoff", "poll_interval", "timeout"})
-
+KNOWN_KEYS = frozenset(
+    {"address", "ca_file", "initial_backoff", "max_backoff", "poll_interval", "timeout",
+     "allowed_uids", "allowed_gids", "daemon_uids"}
+)
 
 
 class SettingsError(ValueError):
@@ -51,6 +59,11 @@ class AgentSettings:
     max_backoff: float = DEFAULT_MAX_BACKOFF
     poll_interval: float = DEFAULT_POLL_INTERVAL
     timeout: float = DEFAULT_TIMEOUT
+    channel: AgentChannel | None = None
+    """The unix socket channel and whom to trust on it; None for TCP."""
+    unix_tls: bool = False
+    """The daemon's listeners use TLS, and gunicorn then speaks TLS on every
+    socket it serves, the agent's included."""
 
 
 def parse_seconds(value: object, key: str) -> float:
@@ -69,20 +82,6 @@ def parse_seconds(value: object, key: str) -> float:
     if seconds is None or not seconds > 0 or seconds == float("inf"):
         raise SettingsError(f"unsealer.{key}: invalid duration {value!r} (e.g. \"500ms\", \"30s\")")
     return seconds
-
-
-def listener_url(listener: ListenerConfig) -> str:
-    """How a local client reaches a listener: wildcard binds become loopback."""
-    host, _, port = listener.address.rpartition(":")
-    host = host.strip("[]")
-    if host in ("", "0.0.0.0"):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    if ":" in host:
-        host = f"[{host}]"
-    scheme = "http" if listener.tls_disable else "https"
-    return f"{scheme}://{host}:{port}"
 
 
 def is_loopback_host(host: str) -> bool:
@@ -115,14 +114,11 @@ def settings_from_config(config: Config) -> AgentSettings:
     options = dict(config.unsealer.options) if config.unsealer is not None else {}
     for key in sorted(set(options) - KNOWN_KEYS):
         log.warning("unsealer.%s: unknown key, ignored", key)
-    address = options.get("address")
-    if address is None or address == "":
-        if not config.listeners:
-            raise SettingsError("unsealer.address is not set and the config has no listener")
-        address = listener_url(config.listeners[0])
-    if not isinstance(address, str):
-        raise SettingsError("unsealer.address: expected a string")
-    address = address.rstrip("/")
+    try:
+        channel = channel_from_config(config)
+    except ChannelError as exc:
+        raise SettingsError(str(exc)) from None
+    address = channel.address
     check_address(address)
     ca_file = options.get("ca_file")
     if ca_file is not None and not isinstance(ca_file, str):
@@ -134,9 +130,15 @@ def settings_from_config(config: Config) -> AgentSettings:
         max_backoff=_seconds(options, "max_backoff", DEFAULT_MAX_BACKOFF),
         poll_interval=_seconds(options, "poll_interval", DEFAULT_POLL_INTERVAL),
         timeout=_seconds(options, "timeout", DEFAULT_TIMEOUT),
+        channel=channel if channel.is_unix else None,
+        unix_tls=channel.is_unix and bool(config.listeners) and not config.listeners[0].tls_disable,
     )
     if settings.max_backoff < settings.initial_backoff:
         raise SettingsError("unsealer.max_backoff must not be smaller than unsealer.initial_backoff")
+    if not channel.is_unix:
+        log.warning("unsealer.address is the TCP address %s: any local user who binds that port while the "
+                    "daemon restarts can pose as it (the agent still sends the key only over loopback or "
+                    "TLS); the default unix socket is safer", address)
     return settings
 
 

@@ -2,6 +2,14 @@
 when unsealed, restart and crash recovery, a KMS outage at start, the
 journal, and the units' hardening.
 
+Every unseal by the agent is checked to have gone over the private agent
+channel (issue 9): the agent's current run names the unix socket, the
+daemon serves it, ``/run/vaultd`` and the socket have the owner and modes
+the units promise, another local user cannot reach it, and the key
+endpoints answer 403 on TCP.  The agent runs under its full sandbox
+(``ProtectSystem=strict``, ``PrivateUsers=yes``, its own syscall filter),
+so a unit that could not reach the socket fails here.
+
 One Debian bookworm container (``tests/e2e/nspawn.py``) boots from a cached
 debootstrap; the .deb is built by ``make deb`` meanwhile.  The KMS emulator
 (moto) and a fault proxy in front of it run on the host's loopback, which
@@ -11,6 +19,7 @@ does, so they are one test; each prints what it measured.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -38,6 +47,8 @@ START_TIMEOUT_FOR_TEST = 15
 """TimeoutStartSec= for the KMS-outage step (the unit ships 90 s): the test
 waits past it to show EXTEND_TIMEOUT_USEC keeps a waiting daemon alive."""
 SECRET_VALUE = "e2e-secret-value-4f1d9a"
+AGENT_SOCKET = "/run/vaultd/unseal.sock"
+"""The default agent channel: the test's config has no ``unsealer.address``."""
 
 
 def _requirements() -> str | None:
@@ -126,6 +137,51 @@ class Vaultd:
     def vaultctl(self, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
         env = {"VAULT_ADDR": self.url, **({"VAULT_TOKEN": token} if token else {})}
         return self.c.run("vaultctl", *args, env=env)
+
+    def current_run(self, unit: str) -> list[dict[str, Any]]:
+        """The journal entries of the unit's current run (its InvocationID),
+        so that an older run's lines cannot pass for this one's."""
+        invocation = self.c.show(unit, "InvocationID")["InvocationID"]
+        assert invocation, f"{unit} has no InvocationID"
+        out = self.journal(f"_SYSTEMD_INVOCATION_ID={invocation}", "-o", "json")
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def assert_unsealed_over_socket(c: Container, v: Vaultd, *, by_agent: bool = True) -> str:
+    """The daemon is unsealed, and the agent reached it over the private
+    unix socket: the agent's current run dials it and saw this boot of the
+    daemon unsealed (or unsealed it: ``by_agent``), the daemon's current run
+    serves it and says who unsealed it, ``/run/vaultd`` and the socket are
+    the vaultd user's alone, another local user cannot connect, and the key
+    endpoints answer 403 on TCP, so no unseal can have come that way.
+    Returns the agent's line about this boot, for the report."""
+    state = v.wait_state("active", "unsealed")
+    boot_id = requests.get(f"{v.url}/v1/sys/vaultd/state", timeout=10).json()["boot_id"]
+    expected = f"unsealed the daemon (boot {boot_id})" if by_agent else f"daemon (boot {boot_id}) is unsealed"
+
+    def agent_saw_it() -> tuple[list[str], str] | None:
+        lines = [_text(e.get("MESSAGE", "")) for e in v.current_run("vaultd-unsealer.service")]
+        found = [line for line in lines if line.startswith(expected)]
+        return (lines, found[0]) if found else None
+
+    agent_lines, line = wait_until(agent_saw_it, f"the agent's {expected!r}", timeout=30)
+    assert f"watching unix://{AGENT_SOCKET} (seal awskms)" in agent_lines, agent_lines
+    assert not any(v.url in text for text in agent_lines), agent_lines  # never the daemon's TCP port
+    daemon = v.current_run("vaultd.service")
+    assert any(_text(e.get("MESSAGE", "")) == f"serving the unsealer agent on {AGENT_SOCKET}" for e in daemon)
+    unsealed_by = [e.get("UNSEALED_BY") for e in daemon if e.get("MESSAGE_ID") == EVENTS["unsealed"].message_id]
+    assert unsealed_by == ["unsealer" if by_agent else "init"], (unsealed_by, state)
+
+    assert c.run("stat", "-c", "%a %U %G %F", "/run/vaultd").stdout.strip() == "700 vaultd vaultd directory"
+    assert c.run("stat", "-c", "%a %U %G %F", AGENT_SOCKET).stdout.strip() == "600 vaultd vaultd socket"
+    other = c.run("runuser", "-u", "nobody", "--", "python3", "-c",
+                  f"import socket; socket.socket(socket.AF_UNIX).connect({AGENT_SOCKET!r})", check=False)
+    assert other.returncode != 0 and "PermissionError" in other.stderr, other
+    forged = {"key": base64.b64encode(bytes(32)).decode(), "boot_id": boot_id}
+    for method, endpoint, body in (("GET", "stored-key", None), ("PUT", "unseal", forged)):
+        response = requests.request(method, f"{v.url}/v1/sys/vaultd/{endpoint}", json=body, timeout=10)
+        assert response.status_code == 403 and response.json()["errors"], (endpoint, response.text)
+    return line
 
 
 def test_vaultd_under_systemd(tmp_path: Path, kms: tuple[MotoServer, FaultProxy], report: Report) -> None:
@@ -234,6 +290,15 @@ unsealer {{
     root_token = init["root_token"]
     secrets = [root_token, SECRET_VALUE, SECRET_KEY, *init["recovery_keys_hex"], *init["recovery_keys_b64"]]
     state = v.wait_state("active", "unsealed, 2 workers")
+    report(f"init: unsealed by init; the agent, over {AGENT_SOCKET}: "
+           f"{assert_unsealed_over_socket(c, v, by_agent=False)!r}")
+    # The agent reaches the socket under its full sandbox, as shipped.
+    sandbox = c.show("vaultd-unsealer.service", "ProtectSystem", "PrivateUsers", "PrivateMounts", "User",
+                     "RestrictAddressFamilies")
+    families = set(sandbox.pop("RestrictAddressFamilies").split())
+    assert sandbox == {"ProtectSystem": "strict", "PrivateUsers": "yes", "PrivateMounts": "yes",
+                       "User": "vaultd"}, sandbox
+    assert families == {"AF_UNIX", "AF_INET", "AF_INET6"}, families
     headers = {"X-Vault-Token": root_token}
     requests.post(f"{v.url}/v1/sys/mounts/secret", json={"type": "kv", "options": {"version": "2"}},
                   headers=headers, timeout=10).raise_for_status()
@@ -258,6 +323,7 @@ unsealer {{
     ready = (int(state["ActiveEnterTimestampMonotonic"]) - int(state["ExecMainStartTimestampMonotonic"])) / 1e6
     report(f"systemctl restart vaultd -> READY (unsealed by the agent): {took:.2f} s "
            f"(systemd: exec to READY {ready:.2f} s)")
+    report(f"  over the socket: {assert_unsealed_over_socket(c, v)!r}")
     data_intact()
 
     # -- kill -9 the main PID: systemd restarts it, the agent unseals it -------
@@ -268,6 +334,7 @@ unsealer {{
     took = time.monotonic() - started
     assert int(state["NRestarts"]) == restarts + 1, state
     report(f"kill -9 {before} -> restarted and READY again in {took:.2f} s (NRestarts {state['NRestarts']})")
+    report(f"  over the socket: {assert_unsealed_over_socket(c, v)!r}")
     data_intact()
 
     # -- systemctl reload: RELOADING=1 ... READY=1, log level re-read ----------
@@ -279,6 +346,32 @@ unsealer {{
                "the reload to be logged")
     after = v.wait_state("active", "unsealed")
     assert after["MainPID"] == state["MainPID"] and after["NRestarts"] == state["NRestarts"], after
+
+    # -- a config from before the socket, naming a TCP agent address, still
+    #    unseals (with a warning from both ends); back to the default after --
+    shipped = config.read_text()
+    config.write_text(shipped.replace("unsealer {", f'unsealer {{\n  address = "{v.url}"', 1))
+    # Deliberate restarts in quick succession: clear StartLimitBurst=5's count.
+    reset_start_limits = ("systemctl", "reset-failed", "vaultd.service", "vaultd-unsealer.service")
+    c.run(*reset_start_limits)
+    c.run("systemctl", "restart", "vaultd.service", timeout=120)
+    v.wait_state("active", "unsealed")
+    boot_id = requests.get(f"{v.url}/v1/sys/vaultd/state", timeout=10).json()["boot_id"]
+    wait_until(lambda: any(_text(e.get("MESSAGE", "")).startswith(f"unsealed the daemon (boot {boot_id})")
+                           for e in v.current_run("vaultd-unsealer.service")), "the agent to unseal over TCP")
+    agent_said = [_text(e.get("MESSAGE", "")) for e in v.current_run("vaultd-unsealer.service")]
+    assert f"watching {v.url} (seal awskms)" in agent_said, agent_said
+    assert any(line.startswith(f"unsealer.address is the TCP address {v.url}") for line in agent_said), agent_said
+    assert not c.path(AGENT_SOCKET).exists()  # not served on the socket then
+    assert requests.get(f"{v.url}/v1/sys/vaultd/stored-key", timeout=10).status_code == 200  # the weaker mode
+    with pytest.raises(AssertionError):  # the socket check tells the two apart
+        assert_unsealed_over_socket(c, v)
+    report("explicit TCP agent address (an older config): unsealed over TCP, with warnings")
+    config.write_text(shipped)
+    c.run(*reset_start_limits)
+    c.run("systemctl", "restart", "vaultd.service", timeout=120)
+    after = v.wait_state("active", "unsealed")
+    report(f"  back to the default: {assert_unsealed_over_socket(c, v)!r}")
 
     # -- a dependent unit, and KMS down while vaultd restarts -------------------
     c.path("/etc/systemd/system/vaultd-consumer.service").write_text(f"""[Unit]
@@ -330,6 +423,7 @@ print('consumer saw sealed=' + str(s['sealed'])); sys.exit(1 if s['sealed'] else
     back = time.monotonic()
     state = v.wait_state("active", "unsealed", timeout=60)
     report(f"KMS back -> vaultd active and unsealed in {time.monotonic() - back:.2f} s")
+    report(f"  over the socket: {assert_unsealed_over_socket(c, v)!r}")
     consumer = v.wait_state("active", unit="vaultd-consumer.service", timeout=60)
     assert int(consumer["ExecMainStartTimestampMonotonic"]) >= int(state["ActiveEnterTimestampMonotonic"])
     assert "consumer saw sealed=False" in v.journal("-u", "vaultd-consumer", "-o", "cat")
@@ -349,6 +443,7 @@ print('consumer saw sealed=' + str(s['sealed'])); sys.exit(1 if s['sealed'] else
     report(f"apt-get install --reinstall returned in {time.monotonic() - started:.1f} s")
     assert "try-restart" in upgrade.stdout, upgrade.stdout
     v.wait_state("active", "unsealed", new_pid_than=before)
+    report(f"  over the socket: {assert_unsealed_over_socket(c, v)!r}")
     data_intact()
 
     # -- the journal: MESSAGE_IDs, priorities, fields, no secrets ---------------
@@ -423,6 +518,11 @@ def check_journal(entries: list[dict[str, Any]], secrets: list[str]) -> None:
     assert kms.get("KMS_ERROR_CODE") and kms.get("ATTEMPT") and kms.get("RETRY_DELAY_SEC"), kms
     unsealed_by = {e.get("UNSEALED_BY") for e in find("unsealed", "vaultd", "6")}
     assert {"init", "unsealer"} <= unsealed_by, unsealed_by
+    # The TCP probes of the key endpoints were refused and logged; the agent
+    # never refused its socket (it would have exited with code 7).
+    refused = [e for e in entries if e.get("MESSAGE_ID") == EVENTS["agent_channel_refused"].message_id]
+    assert refused and all(e.get("SYSLOG_IDENTIFIER") == "vaultd" and e.get("TRANSPORT") == "tcp"
+                           for e in refused), refused
     ours = [e for e in entries if e.get("SYSLOG_IDENTIFIER") in ("vaultd", "vaultd-unsealer")]
     assert any(e.get("LOGGER", "").startswith("gunicorn") for e in ours), "gunicorn's log is not in the journal"
     for entry in ours:

@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -103,6 +104,13 @@ class Server:
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
     known_secrets: list[str] = field(default_factory=list)
+    runtime_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="vdrt-"))
+    """This server's XDG_RUNTIME_DIR (short: a socket path holds 108 bytes)."""
+
+    @property
+    def agent_socket(self) -> Path:
+        """Where the daemon serves the agent when the config names no address."""
+        return Path(self.runtime_dir) / "vaultd" / "unseal.sock"
 
     # -- addresses and diagnostics ---------------------------------------------
 
@@ -139,6 +147,9 @@ class Server:
             log.write(f"\n===== start #{self.starts} =====\n".encode())
             log.flush()
             env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_", "NOTIFY_"))}
+            # The default agent socket is $XDG_RUNTIME_DIR/vaultd/unseal.sock
+            # (else /run/vaultd/): one private, short directory per server.
+            env["XDG_RUNTIME_DIR"] = self.runtime_dir
             self.process = subprocess.Popen(
                 [str(VAULTD), "server", "--config", str(self.config)],
                 cwd=self.directory,

@@ -24,6 +24,8 @@ import pytest
 import requests
 
 from tests.faultproxy import FaultProxy
+from tests.integration.socketfront import SocketFront
+from tests.integration.socketfront import short_dir as short_dir  # fixture
 from tests.integration.support import Server, ServerFactory, wait_for
 from tests.kms_fixtures import KmsKey, isolated_aws_env
 from unsealer import exitcodes
@@ -121,24 +123,32 @@ class Stack:
     daemon: Daemon
     agent: AgentProcess
     kms: FaultProxy
-    front: FaultProxy
-    """Between the agent and the daemon."""
+    front: SocketFront
+    """Between the agent and the daemon's socket."""
     key: KmsKey
     tokens: list[str] = field(default_factory=list)
 
 
+AGENT_TUNING = '  initial_backoff = "100ms"\n  max_backoff = "1s"\n  poll_interval = "200ms"\n  timeout = "5s"\n'
+
+
 @pytest.fixture
 def stack(
-    tmp_path: Path, kms_key: KmsKey, kms_proxy: FaultProxy, server_factory: ServerFactory
+    tmp_path: Path, kms_key: KmsKey, kms_proxy: FaultProxy, server_factory: ServerFactory, short_dir: Path
 ) -> Iterator[Stack]:
-    server = server_factory(workers=2, start=False, extra=kms_key.seal_hcl(kms_proxy.url))
-    with FaultProxy(server.addr) as front:
-        with open(server.config, "a") as config:
-            config.write(
-                f'unsealer {{\n  address = "{front.url}"\n  initial_backoff = "100ms"\n'
-                '  max_backoff = "1s"\n  poll_interval = "200ms"\n  timeout = "5s"\n}\n'
-            )
-        agent = AgentProcess(server.config, tmp_path / "agent.log")
+    """The daemon serves the agent on its socket; the agent reads a copy of
+    the daemon's config whose unsealer.address is a counting relay to it."""
+    daemon_socket = short_dir / "run" / "unseal.sock"
+    server = server_factory(
+        workers=2, start=False, extra=kms_key.seal_hcl(kms_proxy.url)
+        + f'unsealer {{\n  address = "unix://{daemon_socket}"\n{AGENT_TUNING}}}\n'
+    )
+    with SocketFront(daemon_socket, short_dir / "front") as front:
+        agent_config = server.directory / "agent.hcl"
+        agent_config.write_text(
+            server.config.read_text().replace(f"unix://{daemon_socket}", f"unix://{front.path}")
+        )
+        agent = AgentProcess(agent_config, tmp_path / "agent.log")
         try:
             yield Stack(Daemon(server), agent, kms_proxy, front, kms_key)
         finally:

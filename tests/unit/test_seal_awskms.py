@@ -108,20 +108,58 @@ def test_unwrap_with_another_encryption_context_fails(seal: AwsKmsSeal, stored: 
     _assert_no_secret(caught.value)
 
 
-def test_unwrap_without_the_encryption_context_fails(seal: AwsKmsSeal, stored: StoredKey) -> None:
-    bare = StoredKey(stored.seal_type, stored.ciphertext, stored.key_id, {})
+@pytest.mark.parametrize(
+    "context",
+    [
+        {},
+        {"vaultd:cluster_id": ""},
+        {"cluster_id": "3f1c1c8e"},
+        {"vaultd:cluster_id": "3f1c1c8e", "purpose": "other"},
+        {"aws:pi": "x"},
+    ],
+    ids=["empty", "empty-id", "other-key", "extra-key", "foreign"],
+)
+def test_unwrap_refuses_any_other_context_shape_without_asking_kms(
+    seal: AwsKmsSeal, stored: StoredKey, kms_proxy: FaultProxy, context: dict[str, str]
+) -> None:
+    """An impostor answering as the daemon must not get the agent to decrypt
+    a ciphertext made for some other purpose under the same key."""
+    shaped = StoredKey(stored.seal_type, stored.ciphertext, stored.key_id, context)
+    before = kms_proxy.count("Decrypt")
     with pytest.raises(SealError) as caught:
-        seal.unwrap(bare)
-    assert caught.value.permanent
+        seal.unwrap(shaped)
+    assert (caught.value.code, caught.value.permanent) == ("UnexpectedEncryptionContext", True)
+    assert kms_proxy.count("Decrypt") == before
+    _assert_no_secret(caught.value)
 
 
-def test_unwrap_naming_another_key_is_refused(
+def test_stored_key_context_values_must_be_strings(stored: StoredKey) -> None:
+    raw = stored.to_dict()
+    raw["encryption_context"] = {"vaultd:cluster_id": 5}
+    with pytest.raises(ValueError):
+        StoredKey.from_dict(raw)
+
+
+def test_unwrap_decrypts_with_the_configured_key_whatever_key_the_stored_key_names(
     seal: AwsKmsSeal, stored: StoredKey, kms_key: KmsKey
 ) -> None:
     other = kms_client(kms_key.endpoint).create_key()["KeyMetadata"]["Arn"]
-    moved = StoredKey(stored.seal_type, stored.ciphertext, other, stored.encryption_context)
+    renamed = StoredKey(stored.seal_type, stored.ciphertext, other, stored.encryption_context)
+    assert seal.unwrap(renamed) == KEK
+
+
+def test_a_ciphertext_of_another_key_is_not_decrypted(
+    seal: AwsKmsSeal, kms_key: KmsKey, kms_proxy: FaultProxy
+) -> None:
+    """The stored key names the key that made it, and the agent's principal
+    could use that key too: the agent still asks for its own key only, so
+    KMS refuses."""
+    other = kms_client(kms_key.endpoint).create_key()["KeyMetadata"]["Arn"]
+    other_seal = AwsKmsSeal(kms_key.seal_options(kms_proxy.url, kms_key_id=other))
+    foreign = other_seal.wrap(b"k" * 32, {"vaultd:cluster_id": "another-cluster"})
+    assert foreign.key_id == other
     with pytest.raises(SealError) as caught:
-        seal.unwrap(moved)
+        seal.unwrap(foreign)
     # moto says AccessDeniedException where AWS says IncorrectKeyException;
     # both are permanent, which is what matters here.
     assert caught.value.code in {"AccessDeniedException", "IncorrectKeyException"}

@@ -44,6 +44,26 @@ def test_permanent_exit_codes_stop_restarts() -> None:
     assert agent["Restart"] == ["on-failure"]
 
 
+def test_the_agent_socket_lives_in_the_daemon_s_private_runtime_directory() -> None:
+    """The default socket (/run/vaultd/unseal.sock, used when the config names
+    no unsealer.address) is inside the daemon's RuntimeDirectory, which only
+    the vaultd user can enter; the agent runs as that same user, with no
+    XDG_RUNTIME_DIR that would move the default elsewhere."""
+    from vaultd.agent_channel import default_socket_path
+
+    daemon = unit("vaultd.service")["Service"]
+    agent = unit("vaultd-unsealer.service")["Service"]
+    assert daemon["RuntimeDirectory"] == ["vaultd"]
+    assert daemon["RuntimeDirectoryMode"] == ["0700"]
+    assert "RuntimeDirectoryPreserve" not in daemon
+    assert default_socket_path(environ={}) == "/run/vaultd/unseal.sock"
+    assert agent["User"] == daemon["User"] and agent["Group"] == daemon["Group"]
+    assert agent["RuntimeDirectory"] != daemon["RuntimeDirectory"]
+    assert "AF_UNIX" in agent["RestrictAddressFamilies"][0].split()
+    for service in (daemon, agent):
+        assert not any("XDG_RUNTIME_DIR" in v for v in service.get("Environment", []))
+
+
 def test_no_deadlock_between_daemon_and_agent() -> None:
     """vaultd is ready only once the agent unsealed it: the agent must not
     be ordered after (or require) vaultd, only be part of it."""

@@ -47,10 +47,16 @@ def _settings(text: str) -> AgentSettings:
 # --- settings ------------------------------------------------------------------
 
 
-def test_defaults_follow_the_issue_and_the_first_listener() -> None:
+def test_defaults_are_the_issue_s_backoff_and_the_daemon_s_default_socket(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     settings = _settings(BASE)
-    assert settings == AgentSettings(address="http://127.0.0.1:8200")
+    expected = f"{tmp_path}/vaultd/unseal.sock"
+    assert settings.address == f"unix://{expected}"
+    assert settings.channel is not None and settings.channel.socket_path == expected
     assert (settings.initial_backoff, settings.max_backoff) == (0.5, 30.0)
+    assert settings.unix_tls is False
 
 
 def test_backoff_bounds_come_from_the_unsealer_stanza() -> None:
@@ -67,25 +73,18 @@ unsealer {
 """
     )
     assert settings.address == "http://localhost:8300"
+    assert settings.channel is None
     assert (settings.initial_backoff, settings.max_backoff) == (0.25, 120.0)
     assert (settings.poll_interval, settings.timeout) == (2.0, 1.5)
 
 
-@pytest.mark.parametrize(
-    ("listener", "expected"),
-    [
-        ('address = "0.0.0.0:8210"\n  tls_disable = true', "http://127.0.0.1:8210"),
-        ('address = "[::]:8210"\n  tls_disable = true', "http://[::1]:8210"),
-        ('address = "[::1]:8210"\n  tls_disable = true', "http://[::1]:8210"),
-        (
-            'address = "10.1.2.3:8210"\n  tls_cert_file = "/c.pem"\n  tls_key_file = "/k.pem"',
-            "https://10.1.2.3:8210",
-        ),
-    ],
-)
-def test_default_address_is_a_local_way_to_the_first_listener(listener: str, expected: str) -> None:
-    text = f'storage "inmem" {{}}\nlistener "tcp" {{\n  {listener}\n}}\n'
-    assert _settings(text).address == expected
+def test_a_tls_listener_means_tls_over_the_socket_too() -> None:
+    text = (
+        'storage "inmem" {}\nlistener "tcp" {\n  address = "127.0.0.1:8200"\n'
+        '  tls_cert_file = "/c.pem"\n  tls_key_file = "/k.pem"\n}\n'
+        'unsealer {\n  address = "unix:///run/x/unseal.sock"\n}\n'
+    )
+    assert _settings(text).unix_tls is True
 
 
 @pytest.mark.parametrize(
@@ -107,10 +106,10 @@ def test_tls_loopback_and_unix_addresses_are_accepted(address: str) -> None:
     assert _settings(BASE + f'unsealer {{\n  address = "{address}"\n}}\n').address == address
 
 
-def test_plain_http_listener_on_another_host_is_refused_as_the_default() -> None:
-    text = 'storage "inmem" {}\nlistener "tcp" {\n  address = "10.1.2.3:8200"\n  tls_disable = true\n}\n'
+@pytest.mark.parametrize("address", ["unix://", "unix:relative.sock", f"unix:///{'x' * 120}.sock"])
+def test_unusable_socket_addresses_are_config_errors(address: str) -> None:
     with pytest.raises(SettingsError):
-        _settings(text)
+        _settings(BASE + f'unsealer {{\n  address = "{address}"\n}}\n')
 
 
 @pytest.mark.parametrize("value", ["0s", "-1s", "soon", "", True, "5 s"])

@@ -44,8 +44,10 @@ seal "awskms" {{
   endpoint   = "{endpoint}"
 }}
 
+# The agent's channel: a unix socket in a private directory of the stack's
+# state dir (the daemon makes it 0700); the agent endpoints answer 403 on TCP.
 unsealer {{
-  address = "http://{address}"
+  address = "unix://{agent_socket}"
 }}
 
 disable_mlock = true
@@ -53,13 +55,15 @@ log_level     = "info"
 """
 
 
-def render_config(data: Path, address: str, emulator: kms.DevKms) -> str:
+def render_config(data: Path, address: str, emulator: kms.DevKms, *, agent_socket: Path | None = None) -> str:
     """The config of a one-machine stack: file storage in ``data``, a plain
     HTTP loopback listener at ``address``, the awskms seal against the dev
-    emulator, and the agent dialling that listener.  ``make bench`` uses it too."""
+    emulator, and the agent on a unix socket (by default ``run/unseal.sock``
+    beside ``data``, in the stack's state directory).  ``make bench`` uses it too."""
+    socket_path = agent_socket or data.parent / "run" / "unseal.sock"
     return CONFIG.format(
         data=data, address=address, region=kms.REGION, access_key=kms.ACCESS_KEY,
-        secret_key=kms.SECRET_KEY, key_id=kms.ALIAS, endpoint=emulator.endpoint,
+        secret_key=kms.SECRET_KEY, key_id=kms.ALIAS, endpoint=emulator.endpoint, agent_socket=socket_path,
     )
 
 

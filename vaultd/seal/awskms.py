@@ -102,6 +102,23 @@ RETRYABLE_CODES = frozenset(
 _CLOCK_SKEW_HINTS = ("signature expired", "signature not yet current")
 
 
+CONTEXT_KEY = "vaultd:cluster_id"
+"""The one key of the encryption context vaultd wraps the KEK under."""
+
+
+def check_context(context: Mapping[str, str]) -> None:
+    """Refuse any encryption context but ``{"vaultd:cluster_id": <id>}``
+    (no KMS call is made for it).  The values are not quoted: they come from
+    whoever answered as the daemon."""
+    if set(context) != {CONTEXT_KEY} or not isinstance(context[CONTEXT_KEY], str) or not context[CONTEXT_KEY]:
+        raise SealError(
+            f"the stored key's encryption context is not {{{CONTEXT_KEY!r}: <cluster id>}} "
+            f"(keys: {sorted(str(k)[:64] for k in context)[:4]}); refusing to decrypt it",
+            code="UnexpectedEncryptionContext",
+            permanent=True,
+        )
+
+
 class AwsKmsConfigError(ValueError):
     """The seal stanza (or the environment filling it) cannot work as given."""
 
@@ -294,11 +311,17 @@ class AwsKmsSeal(AutoSeal):
         )
 
     def unwrap(self, stored: StoredKey) -> bytes:
-        """Decrypt with the key and context recorded at wrap time.
+        """Decrypt the stored key with *this* seal's key and the one context
+        shape vaultd ever wraps with.
 
-        Naming the key (rather than letting KMS read it from the ciphertext)
-        makes KMS refuse with IncorrectKeyException instead of decrypting
-        with some other key the caller happens to be allowed to use."""
+        The stored key comes from the daemon over the agent channel, so it is
+        input, not authority: the key is always the configured
+        ``kms_key_id`` (never the ``key_id`` the stored key names), which
+        makes KMS refuse a ciphertext of any other key with
+        IncorrectKeyException; and the encryption context must be exactly
+        ``{"vaultd:cluster_id": <non-empty string>}``.  Otherwise whoever
+        answers in the daemon's place could have the agent decrypt any
+        ciphertext its IAM principal can reach and send it the plaintext."""
         if stored.seal_type != self.type:
             raise SealError(
                 f"stored key was made by the {stored.seal_type!r} seal, not awskms",
@@ -307,12 +330,12 @@ class AwsKmsSeal(AutoSeal):
             )
         if not stored.ciphertext:
             raise SealError("stored key has no ciphertext", code="InvalidCiphertextException", permanent=True)
+        check_context(stored.encryption_context)
         params: dict[str, object] = {
             "CiphertextBlob": stored.ciphertext,
-            "KeyId": stored.key_id or self.kms_key_id,
+            "KeyId": self.kms_key_id,
+            "EncryptionContext": dict(stored.encryption_context),
         }
-        if stored.encryption_context:
-            params["EncryptionContext"] = dict(stored.encryption_context)
         return self._call("Decrypt", **params)["Plaintext"]
 
     def _call(self, operation: str, **params: object) -> dict[str, Any]:

@@ -23,7 +23,9 @@ class StoredKey:
     seal_type: str
     ciphertext: bytes
     key_id: str
-    """The key that wrapped it, as the service reports it (for KMS, the ARN)."""
+    """The key that wrapped it, as the service reports it (for KMS, the ARN).
+    For information only: the agent decrypts with its own configured key,
+    never with the one a stored key names."""
     encryption_context: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
@@ -39,6 +41,9 @@ class StoredKey:
         context = raw.get("encryption_context") or {}
         if not isinstance(context, dict):
             raise ValueError("encryption_context must be an object")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in context.items()):
+            # Not coerced: what the agent decrypts under must be what was sent.
+            raise ValueError("encryption_context must map strings to strings")
         return cls(
             seal_type=str(raw["seal_type"]),
             ciphertext=base64.b64decode(str(raw["ciphertext"]), validate=True),

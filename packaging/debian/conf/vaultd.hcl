@@ -40,10 +40,17 @@ log_level = "info"
 # }
 #
 # The agent, vaultd-unsealer.service, runs only when a seal "awskms" stanza
-# is present.  Its settings (all optional):
+# is present.  It talks to vaultd over a unix socket, /run/vaultd/unseal.sock
+# by default (vaultd's runtime directory: only the vaultd user, which both
+# services run as, can enter it).  The plaintext unseal key goes over it, so
+# both ends check who is at the other end; the agent endpoints answer 403 on
+# TCP.  Its settings (all optional):
 #
 # unsealer {
-#   address         = "http://127.0.0.1:8200"
+#   address         = "unix:///run/vaultd/unseal.sock"
 #   initial_backoff = "500ms"
 #   max_backoff     = "30s"
 # }
+#
+# A TCP address ("http://127.0.0.1:8200") still works, with a warning: any
+# local user who binds that port while vaultd restarts can pose as vaultd.
