@@ -70,6 +70,9 @@ EVENTS: dict[str, Event] = {
               "the daemon was initialised (sys/init)"),
         Event("key_rotation", "76230579203c4eda8290bf66e48ee76f", logging.INFO,
               "the barrier keyring was rotated to a new term (sys/rotate)"),
+        Event("agent_channel_refused", "5b0133e4716c4acb8afd03fd272492ab", logging.WARNING,
+              "a peer on the agent channel is not who it must be: the agent refused the daemon's socket "
+              "(and exits), or the daemon refused a caller of an agent endpoint"),
     )
 }
 
@@ -86,6 +89,57 @@ _RESERVED_FIELDS = frozenset(
     {"MESSAGE", "MESSAGE_ID", "PRIORITY", "SYSLOG_IDENTIFIER", "LOGGER", "CODE_FILE", "CODE_LINE", "CODE_FUNC",
      "VAULTD_EVENT"}
 )
+
+REDACTED = "[redacted]"
+"""What a token-shaped string in a log line is replaced by."""
+
+_TOKEN_SHAPED = re.compile(
+    # Vault's service, batch and recovery tokens, old (s. b. r.) and new
+    # (hvs. hvb. hvr.) style; vaultd's own are "s." and 24 letters and digits.
+    r"(?<![A-Za-z0-9_.-])(?:hv[sbr]|[sbr])\.[A-Za-z0-9_-]{20,}"
+)
+_TOKEN_HEADER = re.compile(
+    # A header line or a logged mapping naming a token, whatever the value
+    # looks like: "X-Vault-Token: v", "X-Vault-Token v" (the malformed line
+    # gunicorn quotes), "Authorization: Bearer v", "'x-vault-token': 'v'".
+    r"(?i)(x-vault-token[\"']?(?:\s*[:=]\s*|\s+)|authorization[\"']?\s*[:=]\s*)"
+    r"([\"']?)((?:bearer|basic)\s+)?[^\s'\",;\\]+"
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with anything token-shaped replaced by :data:`REDACTED`."""
+    if not text:
+        return text
+    text = _TOKEN_HEADER.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3) or ''}{REDACTED}", text)
+    return _TOKEN_SHAPED.sub(REDACTED, text)
+
+
+class RedactTokens(logging.Filter):
+    """The safety net under every log line of every process: whatever a
+    logger was handed (a token in an exception message, a header line
+    gunicorn quotes back when it refuses it), tokens do not reach the
+    journal or stderr.  Installed on the handlers :func:`make_handler`
+    makes, so loggers routed to them (gunicorn's) are covered too.  Code
+    should still never log a secret: this cannot know every secret's shape."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True  # the handler reports the bad format itself
+        record.msg, record.args = redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        fields = getattr(record, JOURNAL_FIELDS_ATTR, None)
+        if fields:
+            setattr(record, JOURNAL_FIELDS_ATTR, {k: redact(str(v)) for k, v in fields.items()})
+        return True
+
 
 def syslog_priority(levelno: int) -> int:
     """The syslog priority for a Python level (between two levels: the more
@@ -215,7 +269,14 @@ def _journal_send() -> Callable[..., None] | None:
 
 
 def make_handler(identifier: str) -> logging.Handler:
-    """The handler for this process: journal, prefixed stream, or plain stderr."""
+    """The handler for this process (journal, prefixed stream, or plain
+    stderr), with the token filter on it."""
+    handler = _make_handler(identifier)
+    handler.addFilter(RedactTokens())
+    return handler
+
+
+def _make_handler(identifier: str) -> logging.Handler:
     if under_journald():
         send = _journal_send()
         if send is not None:

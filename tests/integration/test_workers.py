@@ -25,6 +25,18 @@ from tests.integration.support import (
 WORKERS = 4
 
 
+def _sealed_and_replaced(server: Server, token: str) -> set[int]:
+    """``sys/seal``, then wait until the master has replaced every worker
+    (it does after each seal, so no plaintext outlives it): the old ones
+    stop gracefully and keep no connection open meanwhile."""
+    before = server.worker_pids()
+    server.call("PUT", "sys/seal", 204, token=token)
+    return wait_for(
+        lambda: (lambda now: now if len(now) == WORKERS and not now & before else None)(server.worker_pids()),
+        "the master to replace every worker after the seal",
+    )
+
+
 def _kv_setup(server: Server, token: str) -> None:
     server.call("POST", "sys/mounts/kv", 204, token=token, json_body={"type": "kv", "options": {"version": "2"}})
     server.call("POST", "kv/data/probe", token=token, json_body={"data": {"v": "1"}})
@@ -72,8 +84,8 @@ def test_every_worker_serves_unsealed_and_replacements_too(unsealed: tuple[Serve
     assert set(served) == replacements, f"not every replacement was reached: {served} of {replacements}"
     assert server.seal_status()["sealed"] is False
 
-    # After sys/seal, every request to every worker is sealed.
-    server.call("PUT", "sys/seal", 204, token=token)
+    # After sys/seal, every request to every worker (all new ones) is sealed.
+    replacements = _sealed_and_replaced(server, token)
     for i in range(50):
         response = server.request("GET", "kv/data/probe", token=token)
         assert response.status_code == 503, server.explain(f"request {i} after seal: {response.status_code}")
@@ -91,7 +103,7 @@ def test_every_worker_serves_unsealed_and_replacements_too(unsealed: tuple[Serve
 def test_shares_sent_to_different_workers_add_up(unsealed: tuple[Server, InitResult]) -> None:
     server, init = unsealed
     token = init.root_token
-    server.call("PUT", "sys/seal", 204, token=token)
+    _sealed_and_replaced(server, token)
 
     status, body, first_worker = request_with_worker(server, "PUT", "sys/unseal", body={"key": init.keys[0]})
     assert status == 200 and body["progress"] == 1, body
@@ -117,7 +129,7 @@ def test_shares_sent_to_different_workers_add_up(unsealed: tuple[Server, InitRes
         assert server.call("GET", "auth/token/lookup-self", token=token)["data"]["policies"] == ["root"]
 
     # A reset on one worker clears progress made on another.
-    server.call("PUT", "sys/seal", 204, token=token)
+    _sealed_and_replaced(server, token)
     server.call("PUT", "sys/unseal", json_body={"key": init.keys[0]})
     for _ in range(8):
         status, body, _pid = request_with_worker(server, "GET", "sys/seal-status")

@@ -47,7 +47,7 @@ def test_message_ids_are_unique_128_bit_ids() -> None:
     assert len(set(ids)) == len(ids)
     assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
     assert set(vlog.EVENTS) == {"sealed", "unsealed", "unseal_failed", "kms_error", "operator_seal", "init",
-                                "key_rotation"}
+                                "key_rotation", "agent_channel_refused"}
 
 
 def test_docs_list_every_event_with_its_id_and_priority() -> None:
@@ -212,3 +212,86 @@ def test_set_log_level_keeps_gunicorn_quiet_unless_debugging() -> None:
         assert logging.getLogger("gunicorn.error").level == logging.DEBUG
     finally:
         root.setLevel(saved)
+
+
+# -- tokens never reach a log line ---------------------------------------------------
+
+VAULTD_TOKEN = "s.AbCdEfGhIjKlMnOpQrStUvWx"
+
+
+@pytest.mark.parametrize(
+    ("line", "secret"),
+    [
+        (f"Invalid HTTP Header: 'X-Vault-Token {VAULTD_TOKEN}'", VAULTD_TOKEN),
+        ("X-Vault-Token: a-custom-token-of-any-shape", "a-custom-token-of-any-shape"),
+        ("x-vault-token=abc123", "abc123"),
+        ("Authorization: Bearer hvs.CAESIJ0123456789abcdefghijklmnop", "CAESIJ0123456789"),
+        ("{'Authorization': 'Bearer opaque-bearer-value'}", "opaque-bearer-value"),
+        ("retrying with hvs.0123456789abcdefghijABCDEFGHIJ now", "0123456789abcdefghij"),
+        ("batch b.AAAAAAAAAAAAAAAAAAAAAAAAAAAA and recovery hvr.BBBBBBBBBBBBBBBBBBBBBBBB", "AAAAAAAAAAAA"),
+    ],
+)
+def test_token_shaped_text_is_redacted(line: str, secret: str) -> None:
+    cleaned = vlog.redact(line)
+    assert secret not in cleaned and vlog.REDACTED in cleaned
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["authorization failed for this path", "vaultd.core.tokens: s.short", "sealed: 1/3 key shares",
+     "mounted kv engine at secret/"],
+)
+def test_ordinary_lines_are_left_alone(line: str) -> None:
+    assert vlog.redact(line) == line
+
+
+def test_the_handler_redacts_messages_arguments_and_tracebacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    buffer = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", buffer)
+    logger = logging.getLogger("vaultd.test-redact")
+    logger.handlers[:] = [vlog.make_handler("vaultd")]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    try:
+        logger.warning("token %s in an argument", VAULTD_TOKEN)
+        try:
+            raise ValueError(f"bad token {VAULTD_TOKEN}")
+        except ValueError:
+            logger.exception("failed")
+    finally:
+        logger.handlers[:] = []
+    out = buffer.getvalue()
+    assert VAULTD_TOKEN not in out
+    assert out.count(vlog.REDACTED) == 2 and "ValueError" in out
+
+
+def test_journal_entries_are_redacted_too() -> None:
+    sent: list[tuple[str, dict]] = []
+    handler = vlog.JournalHandler("vaultd", lambda message, **fields: sent.append((message, fields)))
+    handler.addFilter(vlog.RedactTokens())
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "saw %s", (VAULTD_TOKEN,), None)
+    record.journal_fields = {"DETAIL": f"X-Vault-Token: {VAULTD_TOKEN}"}
+    handler.handle(record)
+    assert VAULTD_TOKEN not in repr(sent) and vlog.REDACTED in sent[0][0]
+
+
+def test_gunicorn_lines_are_redacted_through_our_handler(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gunicorn quotes a header line it refuses: routed to the root handler,
+    the token in it is gone."""
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    buffer = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", buffer)
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    try:
+        vlog.setup_logging("info")
+        cfg = gunicorn.config.Config()
+        cfg.set("errorlog", "-")
+        glog = VaultdLogger(cfg)
+        glog.warning(f"Invalid request from ip=127.0.0.1: Invalid HTTP Header: 'X-Vault-Token {VAULTD_TOKEN}'")
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+    out = buffer.getvalue()
+    assert "Invalid HTTP Header" in out and VAULTD_TOKEN not in out and vlog.REDACTED in out
