@@ -240,6 +240,23 @@ def test_modes_regardless_of_umask(tmp_path: Path, umask: int) -> None:
         assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
 
 
+@pytest.mark.parametrize("umask", [0o000, 0o022])
+def test_missing_parents_of_the_data_path_are_made_0700(tmp_path: Path, umask: int) -> None:
+    """``/srv/vaultd/data`` on a fresh host: every directory vaultd makes on
+    the way is private, whatever the umask; one that was there is untouched."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o755)
+    old = os.umask(umask)
+    try:
+        FileStorage(str(shared / "a" / "b" / "store")).put("k", b"v")
+    finally:
+        os.umask(old)
+    for made in (shared / "a", shared / "a" / "b", shared / "a" / "b" / "store"):
+        assert stat.S_IMODE(made.stat().st_mode) == 0o700, made
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755
+
+
 def test_existing_root_mode_is_left_alone(tmp_path: Path) -> None:
     # Packaging owns /var/lib/vaultd; the backend must not fight it.
     root = tmp_path / "store"

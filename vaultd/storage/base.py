@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -94,3 +95,35 @@ def split_children(keys: Iterator[str] | list[str], prefix: str) -> list[str]:
         head, sep, _ = rest.partition("/")
         out.add(head + sep)
     return sorted(out)
+
+
+def delete_tree(storage: Storage, prefix: str) -> None:
+    """Delete every key under ``prefix`` (which ends in ``/``), deepest first."""
+    for child in storage.list(prefix):
+        if child.endswith("/"):
+            delete_tree(storage, prefix + child)
+        else:
+            storage.delete(prefix + child)
+
+
+def make_private_dirs(path: str, mode: int = 0o700) -> None:
+    """Create the missing directories of ``path``, each ``mode`` whatever the
+    umask (``os.makedirs`` gives the parents the umask's mode: 0777 under
+    umask 000).  Directories that exist are left as they are: they may be
+    shared ones such as ``/var/lib``.  For the disk backends."""
+    missing: list[str] = []
+    while path and not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, mode)
+        except FileExistsError:
+            if not os.path.isdir(directory):
+                raise
+            continue  # made meanwhile by someone else: theirs to mode
+        os.chmod(directory, mode)  # mkdir's mode is filtered by the umask
+

@@ -23,23 +23,17 @@ too, so no key can name ``.``, ``..``, a temp file or the lock directory.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import os
 import secrets
-import threading
-import weakref
-from collections.abc import Iterator
 from urllib.parse import quote, unquote
 
 from vaultd.errors import StorageError
-from vaultd.storage.base import Storage
+from vaultd.storage.base import Storage, make_private_dirs
 from vaultd.storage.keys import split_key, split_prefix
+from vaultd.storage.locks import StripedLocks
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
-LOCK_STRIPES = 64
-"""Fixed, so every process maps a name to the same lock file."""
 
 _VALUE_MARK = "_"
 _TEMP_PREFIX = ".tmp-"
@@ -101,44 +95,7 @@ def _has_values(path: str) -> bool:
     return False
 
 
-class _ProcessLocks:
-    """Lock state that belongs to one process and must not survive ``fork``.
 
-    A child that kept the parent's descriptors would share their open file
-    description, and ``flock`` on a shared description succeeds while the
-    other process holds it; thread locks copied mid-acquire would never be
-    released.  So a child gets a fresh instance.
-    """
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.threads = [threading.Lock() for _ in range(LOCK_STRIPES)]
-        self.fds: dict[int, int] = {}
-        self.local = threading.local()
-
-    def held(self) -> dict[str, int]:
-        held: dict[str, int] | None = getattr(self.local, "held", None)
-        if held is None:
-            held = {}
-            self.local.held = held
-        return held
-
-    def close(self) -> None:
-        for fd in self.fds.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.fds.clear()
-
-
-_INSTANCES: weakref.WeakSet[FileStorage] = weakref.WeakSet()
-
-
-def _reset_after_fork() -> None:
-    for storage in list(_INSTANCES):
-        storage._reset_locks()
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 class FileStorage(Storage):
@@ -148,13 +105,12 @@ class FileStorage(Storage):
         self._root = os.path.abspath(path)
         self._lock_dir = os.path.join(self._root, _LOCK_DIR)
         try:
-            os.makedirs(os.path.dirname(self._root), exist_ok=True)
+            make_private_dirs(os.path.dirname(self._root))
             self._ensure_dir(self._root)
             self._ensure_dir(self._lock_dir)
         except OSError as exc:
             raise StorageError(f"file storage: cannot create {self._root}: {exc.strerror}") from exc
-        self._locks = _ProcessLocks()
-        _INSTANCES.add(self)
+        self._locks = StripedLocks(self._lock_dir, label="file storage")
 
     def __repr__(self) -> str:
         return f"FileStorage({self._root!r})"
@@ -300,92 +256,8 @@ class FileStorage(Storage):
 
     # -- locks -----------------------------------------------------------
 
-    def _reset_locks(self) -> None:
-        old, self._locks = self._locks, _ProcessLocks()
-        old.close()
-
-    def _current_locks(self) -> _ProcessLocks:
-        # The at-fork hook covers os.fork(); this covers forks it cannot see.
-        if self._locks.pid != os.getpid():
-            self._reset_locks()
-        return self._locks
-
-    @staticmethod
-    def _stripe(name: str) -> int:
-        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).digest()
-        return int.from_bytes(digest[:8], "big") % LOCK_STRIPES
-
-    @staticmethod
-    def _is_subtree(name: str) -> bool:
-        return name == "" or name.endswith("/")
-
-    @contextlib.contextmanager
-    def lock(self, name: str = "") -> Iterator[None]:
-        """Exclusive across threads and processes.
-
-        A name that is empty or ends in ``/`` locks that whole subtree (a
-        view's ``lock("")`` is ``lock("<prefix>/")``); this backend does that
-        by taking every stripe, in order, which is coarser but excludes every
-        name under it.  A thread may re-enter a lock it holds, and may take
-        any name while it holds a subtree lock.  Taking a *different* name
-        while holding only named locks raises ``RuntimeError``: two stripes
-        taken in hash-dependent order can deadlock against another worker,
-        and an immediate error is easier to find than a rare hang.
-        """
-        state = self._current_locks()
-        held = state.held()
-        if held:
-            if name not in held and not any(self._is_subtree(h) for h in held):
-                raise RuntimeError(
-                    "storage lock requested while holding a different one; "
-                    "take a subtree lock (e.g. lock('')) to hold several"
-                )
-            held[name] = held.get(name, 0) + 1
-            try:
-                yield
-            finally:
-                held[name] -= 1
-                if not held[name]:
-                    del held[name]
-            return
-        stripes = range(LOCK_STRIPES) if self._is_subtree(name) else [self._stripe(name)]
-        taken: list[int] = []
-        try:
-            for stripe in stripes:
-                self._acquire(state, stripe)
-                taken.append(stripe)
-            held[name] = 1
-            try:
-                yield
-            finally:
-                held.pop(name, None)
-        finally:
-            # After a fork inside the block these belong to the parent.
-            if state is self._locks:
-                for stripe in reversed(taken):
-                    self._release(state, stripe)
-
-    def _acquire(self, state: _ProcessLocks, stripe: int) -> None:
-        state.threads[stripe].acquire()
-        try:
-            fd = state.fds.get(stripe)
-            if fd is None:
-                path = os.path.join(self._lock_dir, str(stripe))
-                flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-                fd = os.open(path, flags, FILE_MODE)
-                state.fds[stripe] = fd
-                os.fchmod(fd, FILE_MODE)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as exc:
-            state.threads[stripe].release()
-            raise StorageError(f"file storage: cannot lock: {exc.strerror}") from exc
-        except BaseException:
-            state.threads[stripe].release()
-            raise
-
-    @staticmethod
-    def _release(state: _ProcessLocks, stripe: int) -> None:
-        try:
-            fcntl.flock(state.fds[stripe], fcntl.LOCK_UN)
-        finally:
-            state.threads[stripe].release()
+    def lock(self, name: str = "") -> contextlib.AbstractContextManager[None]:
+        """Exclusive across threads and processes (see ``storage/locks.py``):
+        a name that is empty or ends in ``/`` locks that whole subtree, so a
+        view's ``lock("")`` is ``lock("<prefix>/")``."""
+        return self._locks.lock(name)

@@ -39,7 +39,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 
 from vaultd.errors import StorageError
-from vaultd.storage.base import Op, Put, Storage, split_children
+from vaultd.storage.base import Op, Put, Storage, make_private_dirs, split_children
 from vaultd.storage.keys import split_key, split_prefix
 from vaultd.storage.locks import StripedLocks
 
@@ -62,23 +62,6 @@ def _error(action: str, exc: sqlite3.Error) -> StorageError:
     text = str(exc).split("\n")[0][:200]
     return StorageError(f"{_LABEL}: cannot {action}: {text}")
 
-
-def _make_private_dirs(path: str) -> None:
-    """``path`` and its missing parents, 0700 whatever the umask."""
-    missing: list[str] = []
-    current = path
-    while current and not os.path.isdir(current):
-        missing.append(current)
-        parent = os.path.dirname(current)
-        if parent == current:
-            break
-        current = parent
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory, DIR_MODE)
-        except FileExistsError:
-            continue
-        os.chmod(directory, DIR_MODE)
 
 
 class _Checkpointer:
@@ -113,8 +96,8 @@ class SqliteStorage(Storage):
         self._db = os.path.join(self._root, DB_NAME)
         lock_dir = os.path.join(self._root, ".locks")
         try:
-            _make_private_dirs(self._root)
-            _make_private_dirs(lock_dir)
+            make_private_dirs(self._root)
+            make_private_dirs(lock_dir)
             fd = os.open(self._db, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
             try:
                 os.fchmod(fd, FILE_MODE)
