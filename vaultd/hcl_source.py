@@ -11,7 +11,9 @@ where every key sits.  Nothing here knows what the keys mean.
 from __future__ import annotations
 
 import json
+import math
 import re
+import threading
 from dataclasses import dataclass, field
 
 from hcl.lexer import Lexer
@@ -57,14 +59,62 @@ class _ItemListParser(HclParser):
         return super().objectlist_flat(lt, replace)
 
 
+MAX_DEPTH = 100
+"""How deeply config values may nest; Vault's own config has three levels."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_values(value: object) -> None:
+    """What neither parser refuses but nothing after it can use: nesting
+    past :data:`MAX_DEPTH`, text with a lone surrogate (no file name or
+    address can hold one) and numbers that are not finite."""
+    pending: list[tuple[object, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            raise SourceSyntaxError(f"values nested deeper than {MAX_DEPTH} levels", None)
+        if isinstance(item, str):
+            if not item.isascii() and _SURROGATE.search(item):
+                raise SourceSyntaxError("a string holds a lone UTF-16 surrogate", None)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise SourceSyntaxError("a number is out of range", None)
+        elif isinstance(item, dict):
+            pending.extend((key, depth) for key in item)
+            pending.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, (list, tuple)):
+            pending.extend((child, depth + 1) for child in item)
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+_PARSER: _ItemListParser | None = None
+_PARSER_LOCK = threading.Lock()
+
+
+def _parse_pairs(text: str) -> object:
+    """pyhcl's parse with one parser per process: building it (ply's yacc
+    tables) takes a third of a second, and ply keeps its stacks on the
+    parser object, hence the lock."""
+    global _PARSER
+    with _PARSER_LOCK:
+        if _PARSER is None:
+            _PARSER = _ItemListParser()
+        return _PARSER.parse(text)
+
+
 def parse_hcl(text: str) -> list[Item]:
     """Top-level items in file order, repeated blocks kept apart."""
     try:
-        pairs = _ItemListParser().parse(text)
+        pairs = _parse_pairs(text)
     except ValueError as exc:
         raise _syntax_error(str(exc), text) from None
+    except RecursionError:
+        raise SourceSyntaxError(f"values nested deeper than {MAX_DEPTH} levels", None) from None
     if pairs is None:
         pairs = []
+    _check_values(pairs)
     items = [Item(key=str(k), value=v) for k, v in pairs]
     _attach(items, _hcl_key_lines(text))
     return items
@@ -74,9 +124,14 @@ def parse_json(text: str) -> list[Item]:
     """Top-level items of a JSON config; a list value of a block key is one
     item per element, as Vault's JSON form writes repeated blocks."""
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise SourceSyntaxError(exc.msg, exc.lineno) from None
+    except RecursionError:
+        raise SourceSyntaxError(f"values nested deeper than {MAX_DEPTH} levels", None) from None
+    except ValueError as exc:  # NaN/Infinity, or an integer too long to convert
+        raise SourceSyntaxError(str(exc).split(";")[0][:120], None) from None
+    _check_values(data)
     if not isinstance(data, dict):
         raise SourceSyntaxError("the top level must be a JSON object", 1)
     items: list[Item] = []

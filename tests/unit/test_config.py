@@ -341,3 +341,40 @@ def test_illegal_character_is_not_quoted() -> None:
 def test_config_is_a_plain_dataclass() -> None:
     config = Config(storage=StorageConfig("inmem"), listeners=[ListenerConfig()])
     assert config.threads == 8 and config.listeners[0].tls_disable is False
+
+
+# -- bounds (issue 9): what Go's config cannot hold is a ConfigError, never a traceback ---------------
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ('default_lease_ttl = "99999999999999d"', "overflow"),
+        ("max_lease_ttl = 9223372037", "overflow"),
+        ('max_lease_ttl = "2562048h"', "invalid duration"),
+        ("default_lease_ttl = 1e400", "out of range"),
+        ('workers = "' + "9" * 5000 + '"', "out of range"),
+        ("threads = 99999999999999999999", "out of range"),
+        ('{"a": ' + "[" * 5000 + "]" * 5000 + "}", "nested deeper"),
+        ('{"a": NaN}', "NaN"),
+        ('{"storage": {"file": {"path": "\\ud800"}}}', "surrogate"),
+        ('{"workers": ' + "9" * 5000 + "}", "syntax error"),
+    ],
+)
+def test_values_go_cannot_hold_are_config_errors(text: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, dev=True)
+    assert words in str(info.value)
+
+
+def test_the_largest_durations_are_accepted() -> None:
+    config = parse_config('max_lease_ttl = 9223372036\ndefault_lease_ttl = "2562047h"\n', dev=True)
+    assert config.max_lease_ttl == 9223372036 and config.default_lease_ttl == 2562047 * 3600
+
+
+def test_hcl_parses_repeatedly_with_one_parser() -> None:
+    """The parser is built once per process; a syntax error must not leave
+    state behind for the next parse."""
+    with pytest.raises(ConfigError):
+        parse_config("listener {", dev=True)
+    assert parse_config("workers = 3", dev=True).workers == 3

@@ -216,3 +216,51 @@ def test_unknown_parameters_warning() -> None:
     params = Params({"data": {}, "x": 1, "b": 2})
     assert params.unknown(frozenset({"data"})) == ["b", "x"]
     assert ignored_warning(["b", "x"]) == "Endpoint ignored these unrecognized parameters: [b x]"
+
+
+# -- bounds (issue 9): what OpenBao 2.7.2 answers past int64 -----------------------------------------
+
+OVERFLOW = "multiplication of durations resulted in overflow, one operand may be too large"
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (100000000000000000, OVERFLOW),
+        (9223372037, OVERFLOW),
+        ("9223372037", OVERFLOW),
+        ("99999999999999d", OVERFLOW),
+        ("106752d", OVERFLOW),
+        ("9223372036854775807", OVERFLOW),
+        ("-9223372037", OVERFLOW),
+        ("99999999999999999999", 'time: invalid duration "99999999999999999999"'),
+        ("2562048h", 'time: invalid duration "2562048h"'),
+        ("9223372036854775808ns", 'time: invalid duration "9223372036854775808ns"'),
+    ],
+)
+def test_duration_seconds_beyond_go(raw: object, message: str) -> None:
+    for signed in (False, True):
+        with pytest.raises(FieldError) as info:
+            to_duration_seconds(raw, signed=signed)
+        assert str(info.value) == message
+
+
+def test_duration_seconds_at_the_edge() -> None:
+    assert to_duration_seconds(9223372036) == 9223372036
+    assert to_duration_seconds("106751d") == 106751 * 86400
+    assert to_duration_seconds("2562047h") == 2562047 * 3600
+    assert parse_go_duration_ns("-9223372036854775808ns") == -(2**63)
+    assert parse_go_duration_ns("9223372036854775807ns") == 2**63 - 1
+
+
+@pytest.mark.parametrize("text", ["9" * 5000, "0x" + "f" * 5000, "-" + "1" * 100, "0" * 5000 + "1" * 25])
+def test_parse_go_int_long_text_is_out_of_range(text: str) -> None:
+    with pytest.raises(FieldError, match="value out of range"):
+        parse_go_int(text)
+    with pytest.raises(FieldError):
+        to_duration_seconds(text + "s")
+
+
+def test_parse_go_int_keeps_leading_zeros_short() -> None:
+    assert parse_go_int("0" * 5000) == 0
+    assert parse_go_int("-0x" + "0" * 100 + "10") == -16

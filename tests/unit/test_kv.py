@@ -961,3 +961,74 @@ def test_v2_concurrent_check_and_set_admits_one_writer_per_version() -> None:
     assert results == [1]
     assert errors == ["check-and-set parameter did not match the current version"] * 7
     assert call(engine, R, "metadata/race").data["current_version"] == 1
+
+
+# --------------------------------------------------------------------------- input bounds (issue 9)
+
+OVERFLOW = "multiplication of durations resulted in overflow, one operand may be too large"
+
+
+@pytest.mark.parametrize("value", [100000000000000000, 9223372037, "99999999999999d", "106752d"])
+def test_v2_metadata_refuses_delete_version_after_beyond_go(kv2: KVv2, value: object) -> None:
+    call(kv2, U, "data/k", {"data": {"a": 1}})
+    before = raw(kv2, "meta/k")
+    assert_error(fails(kv2, U, "metadata/k", {"delete_version_after": value}), 400,
+                 f'error converting input for field "delete_version_after": {OVERFLOW}')
+    assert raw(kv2, "meta/k") == before
+    assert call(kv2, U, "data/k", {"data": {"a": 2}}).data["version"] == 2
+
+
+def test_v2_config_refuses_delete_version_after_beyond_go(kv2: KVv2) -> None:
+    assert_error(fails(kv2, U, "config", {"delete_version_after": "99999999999999d"}), 400,
+                 f'Field validation failed: error converting input for field "delete_version_after": {OVERFLOW}')
+    assert raw(kv2, "config") is None
+
+
+def test_v2_largest_delete_version_after_works(kv2: KVv2, clock: StepClock) -> None:
+    call(kv2, U, "metadata/k", {"delete_version_after": 9223372036})
+    written = call(kv2, U, "data/k", {"data": {"a": 1}}).data
+    assert written["deletion_time"].startswith("2319-")  # T0 (2026) plus 292 years, as OpenBao shows
+    assert call(kv2, R, "metadata/k").data["delete_version_after"] == "2562047h47m16s"
+
+
+def test_v2_key_poisoned_before_the_bound_reads_again(kv2: KVv2) -> None:
+    """A key whose metadata holds a huge ``delete_version_after`` (stored
+    before durations were bounded) must not answer 500 for ever."""
+    call(kv2, U, "data/k", {"data": {"a": 1}})
+    meta = raw(kv2, "meta/k")
+    meta["delete_version_after"] = 10**17
+    kv2.storage.put("meta/k", json.dumps(meta).encode())
+    written = call(kv2, U, "data/k", {"data": {"a": 2}}).data
+    assert written["deletion_time"] == "9999-12-31T23:59:59.999999999Z"
+    assert call(kv2, R, "data/k").data["data"] == {"a": 2}
+
+
+def test_rfc3339_clamps_past_year_9999() -> None:
+    assert rfc3339(10**30) == "9999-12-31T23:59:59.999999999Z"
+
+
+@pytest.mark.parametrize("engine_version", [None, "2"])
+@pytest.mark.parametrize("segment", ["a" * 255, "é" * 43, "_" + "a" * 253, "\ud800"])
+def test_paths_storage_cannot_hold_are_400(engine_version: str | None, segment: str) -> None:
+    engine = make(engine_version)
+    prefix = "data/" if engine_version else ""
+    for op, data in ((U, {"data": {"a": 1}} if engine_version else {"a": 1}), (R, None), (D, None)):
+        err = fails(engine, op, f"{prefix}dir/{segment}", data)
+        assert err.status == 400 and err.messages[0].startswith("invalid path")
+    assert engine.storage.list("") == []
+
+
+def test_a_segment_at_the_file_backends_limit_is_fine(kv2: KVv2) -> None:
+    call(kv2, U, "data/" + "a" * 254, {"data": {"a": 1}})
+    assert call(kv2, R, "data/" + "a" * 254).data["data"] == {"a": 1}
+
+
+@pytest.mark.parametrize(("field", "value"), [("max_versions", 2**63), ("metadata_cas", 10**30)])
+def test_v2_metadata_ints_beyond_int64_are_400(kv2: KVv2, field: str, value: int) -> None:
+    err = fails(kv2, U, "metadata/k", {field: value})
+    assert err.status == 400 and "value out of range" in err.messages[0]
+
+
+def test_v2_cas_beyond_int64_is_400(kv2: KVv2) -> None:
+    assert_error(fails(kv2, U, "data/k", {"data": {"a": 1}, "options": {"cas": 2**64}}), 400,
+                 "error parsing check-and-set parameter")

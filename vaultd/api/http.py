@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 import traceback
 import uuid
 from collections.abc import Mapping
@@ -17,10 +19,12 @@ from flask import Response as FlaskResponse
 from flask import current_app, g, request
 
 from vaultd.core.core import Core
+from vaultd.engines.fields import ignored_warning
 from vaultd.errors import BadRequest, PayloadTooLarge, VaultError
 from vaultd.logical import Response
 
 _JSON = "application/json"
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 log = logging.getLogger("vaultd.api")
 
@@ -61,15 +65,76 @@ def body_bytes() -> bytes:
     return cached
 
 
+MAX_JSON_DEPTH = 500
+"""How deeply a request body may nest.  Vault's listener default
+(``max_json_depth``) is 500, and it leaves half of Python's default recursion
+limit (1000) to the frames below a handler: every recursive walk a body
+meets later (``json.dumps`` for storage and answers, KV's merge patch and
+subkeys) takes one frame per level.  Without a bound, ``json.loads`` itself
+fails deep down with a RecursionError (a 500 on unauthenticated
+``sys/unseal``), and a body just under that limit could still blow up a
+later walk after something was stored."""
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _refuse_constant(name: str) -> Any:
+    """``NaN``, ``Infinity`` and ``-Infinity`` are not JSON; Go refuses them."""
+    raise ValueError(f"invalid character {name[0]!r} looking for beginning of value")
+
+
+def _finite_float(text: str) -> float:
+    """A JSON number too large for a double (``1e400``) would become
+    ``inf``, which no JSON encoder may write back: refuse it."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def decode_json(raw: bytes | str) -> Any:
+    """Parse a request body strictly enough that whatever is accepted can be
+    stored and sent back: at most :data:`MAX_JSON_DEPTH` levels, no lone
+    surrogates (``"\\ud800"``: Python would keep one, and UTF-8 cannot encode
+    it; Go would turn it into U+FFFD, silently changing the data, so it is a
+    400 here), no ``NaN``/``Infinity`` literals and no number beyond a
+    double.  Errors are BadRequest with Vault's prefix."""
+    try:
+        body = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise BadRequest(f"failed to decode JSON input: nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"failed to decode JSON input: {_short(exc)}") from None
+    _check_tree(body)
+    return body
+
+
+def _check_tree(body: Any) -> None:
+    """Depth and lone surrogates, walked with a list rather than recursion."""
+    pending: list[tuple[Any, int]] = [(body, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, str):
+            if not value.isascii() and _SURROGATE.search(value):
+                raise BadRequest("failed to decode JSON input: a string holds a lone UTF-16 surrogate")
+            continue
+        if not isinstance(value, (dict, list)):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise BadRequest(f"failed to decode JSON input: nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(value, dict):
+            pending.extend((key, depth) for key in value)
+            pending.extend((item, depth + 1) for item in value.values())
+        else:
+            pending.extend((item, depth + 1) for item in value)
+
+
 def json_body() -> dict[str, Any]:
     """The request body as a JSON object; empty body means ``{}``."""
     raw = body_bytes()
     if not raw or not raw.strip():
         return {}
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"failed to decode JSON input: {_short(exc)}") from None
+    body = decode_json(raw)
     if body is None:
         return {}
     if not isinstance(body, dict):
@@ -94,12 +159,26 @@ class Field:
         self.nullable = nullable
 
 
-def fields(body: Mapping[str, Any], schema: Mapping[str, Field]) -> dict[str, Any]:
-    """Check ``body`` against ``schema``: unknown fields and wrong types are
-    a 400 naming the field, before anything is changed."""
+IGNORED = "vaultd_ignored_fields"
+"""``flask.g`` attribute: body fields the endpoint did not recognise."""
+
+
+def fields(body: Mapping[str, Any], schema: Mapping[str, Field], *, report: bool = True) -> dict[str, Any]:
+    """Check ``body`` against ``schema``: a wrong type (or an integer beyond
+    int64, which Vault cannot decode) is a 400 naming the field, before
+    anything is changed.
+
+    Unknown fields are ignored, as Vault ignores them: clients send extras
+    (node-vault puts ``mount_point`` in the body of ``sys/mounts/<path>``)
+    and rely on that.  Vault names them in the answer's ``warnings``; with
+    ``report`` they are noted on ``flask.g`` for the app's ``after_request``
+    hook (:func:`add_ignored_warning`), so no handler has to carry them.
+    Nested objects Vault decodes into structs (a mount's ``config``) pass
+    ``report=False``: Vault drops unknown keys there without a word."""
     unknown = sorted(set(body) - set(schema))
-    if unknown:
-        raise BadRequest("unknown field(s): " + ", ".join(unknown))
+    if unknown and report:
+        noted: list[str] = g.setdefault(IGNORED, [])
+        noted.extend(name for name in unknown if name not in noted)
     out: dict[str, Any] = {}
     for name, spec in schema.items():
         # JSON null is "not given", as Vault's decoding into Go structs makes
@@ -115,8 +194,33 @@ def fields(body: Mapping[str, Any], schema: Mapping[str, Field]) -> dict[str, An
             raise BadRequest(f"field {name!r} has the wrong type: expected {_names(kinds)}")
         if not isinstance(value, kinds):
             raise BadRequest(f"field {name!r} has the wrong type: expected {_names(kinds)}")
+        if isinstance(value, int) and not isinstance(value, bool) and not _INT64_MIN <= value <= _INT64_MAX:
+            raise BadRequest(
+                f'error converting input for field "{name}": '
+                "'' cannot parse value as 'int': strconv.ParseInt: value out of range"
+            )
         out[name] = value
     return out
+
+
+def add_ignored_warning(response: FlaskResponse) -> FlaskResponse:
+    """``after_request``: name the ignored fields in the answer's
+    ``warnings``, where and as Vault does.  Vault adds the warning only to
+    a response its handler returned: a 204 stays a 204 without it, an error
+    carries only its errors, and the raw ``sys/`` handlers (``sys/init``,
+    ``sys/unseal``...), which have no envelope, ignore extras silently."""
+    names: list[str] | None = g.pop(IGNORED, None)
+    if not names or response.status_code != 200 or response.mimetype != _JSON:
+        return response
+    try:
+        body = json.loads(response.get_data())
+    except ValueError:
+        return response
+    if not isinstance(body, dict) or "warnings" not in body or "request_id" not in body:
+        return response
+    body["warnings"] = [*(body["warnings"] or []), ignored_warning(sorted(names))]
+    response.set_data(encode_json(body))
+    return response
 
 
 def _names(kinds: tuple[type, ...]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from flask import Blueprint, request
@@ -12,6 +13,7 @@ from vaultd.api.http import core, raw_json
 from vaultd.errors import BadRequest
 
 bp = Blueprint("sys_health", __name__)
+_DIGITS = re.compile(r"[+-]?[0-9]{1,18}")
 
 _DEFAULT_CODES = {
     "activecode": 200,
@@ -29,10 +31,11 @@ def _code(name: str, default: int) -> int:
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        code = int(raw)
-    except ValueError:
-        raise BadRequest(f"unable to parse {name} query parameter: {raw!r} is not an integer") from None
+    # Go's strconv.Atoi: ASCII digits only.  Python's int() would also take
+    # "٢٠٠", "2_00" and " 200 ", and refuses over 4300 digits with its own error.
+    if not _DIGITS.fullmatch(raw):
+        raise BadRequest(f"unable to parse {name} query parameter: {raw[:40]!r} is not an integer")
+    code = int(raw)
     if code < 100 or code > 599:
         raise BadRequest(f"{name} must be an HTTP status code")
     return code

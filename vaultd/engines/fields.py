@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from vaultd.durations import MAX_NANOSECONDS, MAX_SECONDS, OVERFLOW
 from vaultd.errors import BadRequest
 
 ABSENT: Any = object()
@@ -96,16 +97,30 @@ def parse_go_int(text: str) -> int:
         base, digits = {"0x": 16, "0o": 8, "0b": 2}[lowered], body[2:]
     elif len(body) > 1 and body[0] == "0":
         base, digits = 8, body[1:]
-    if not digits or not all(c.isascii() and c.isalnum() for c in digits):
+    allowed = "0123456789abcdef"[:base]
+    if not digits or not all(c in allowed for c in digits.lower()):
         raise FieldError("strconv.ParseInt: invalid syntax")
-    try:
-        value = int(digits, base)
-    except ValueError:
-        raise FieldError("strconv.ParseInt: invalid syntax") from None
+    significant = digits.lstrip("0")
+    if len(significant) > 64:  # wider than int64 in any base (and too long for int())
+        raise FieldError("strconv.ParseInt: value out of range")
+    value = int(significant or "0", base)
     if text.startswith("-"):
         value = -value
     if not _INT64_MIN <= value <= _INT64_MAX:
         raise FieldError("strconv.ParseInt: value out of range")
+    return value
+
+
+def parse_go_int_base10(text: str) -> int:
+    """``strconv.ParseInt(text, 10, 64)`` for a ``[+-]?[0-9]+`` string;
+    OverflowError when it leaves int64."""
+    digits = text.lstrip("+-").lstrip("0")
+    if len(digits) > 19:
+        raise OverflowError("value out of range")
+    value = int(digits or "0")
+    value = -value if text.startswith("-") else value
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise OverflowError("value out of range")
     return value
 
 
@@ -207,6 +222,9 @@ def parse_go_duration_ns(text: str) -> int:
         whole, frac = (match.group(1), match.group(2)) if match else ("", None)
         if not whole and not frac:
             raise FieldError(f"time: invalid duration {quoted}")
+        whole = whole.lstrip("0")
+        if len(whole) > 19 or int(whole or "0") > 2**63:  # Go's leadingInt overflows
+            raise FieldError(f"time: invalid duration {quoted}")
         rest = rest[match.end():] if match else rest
         unit_len = 0
         while unit_len < len(rest) and rest[unit_len] not in ".0123456789":
@@ -219,7 +237,11 @@ def parse_go_duration_ns(text: str) -> int:
         scale = _DURATION_UNITS_NS[unit]
         total += int(whole or "0") * scale
         if frac:
-            total += int(frac) * scale // 10 ** len(frac)
+            total += int(frac[:30]) * scale // 10 ** len(frac[:30])
+        # Go accumulates in a uint64 and refuses anything past int64's range
+        # (one more on the negative side).
+        if total > MAX_NANOSECONDS + (1 if negative else 0):
+            raise FieldError(f"time: invalid duration {quoted}")
     return -total if negative else total
 
 
@@ -231,7 +253,7 @@ def to_duration_seconds(value: object, *, signed: bool = False) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise FieldError("could not parse duration from input")
     if isinstance(value, int):
-        seconds = value
+        seconds = _within_go_duration(value)
     else:
         text = value if isinstance(value, str) else repr(value)
         seconds = _duration_text_seconds(text)
@@ -240,16 +262,33 @@ def to_duration_seconds(value: object, *, signed: bool = False) -> int:
     return seconds
 
 
+def _within_go_duration(seconds: int) -> int:
+    """``seconds`` if Go's ``time.Duration`` can hold it, else parseutil's
+    overflow error (its check of ``n * time.Second``)."""
+    if not -MAX_SECONDS <= seconds <= MAX_SECONDS:
+        raise FieldError(OVERFLOW)
+    return seconds
+
+
 def _duration_text_seconds(text: str) -> int:
+    """parseutil's order: an int64 of seconds, an int64 of days with ``d``,
+    then Go's duration syntax."""
     if text == "":
         return 0
+    if re.fullmatch(r"[+-]?[0-9]+", text):
+        try:
+            return _within_go_duration(parse_go_int_base10(text))
+        except OverflowError:
+            pass  # not an int64: Go's ParseDuration gets it, and refuses it
     if text.endswith("d"):
         try:
-            return parse_go_int(text[:-1]) * 86400
+            days = parse_go_int(text[:-1])
         except FieldError:
             pass
-    if re.fullmatch(r"[+-]?[0-9]+", text):
-        return int(text)
+        else:
+            if abs(days) > MAX_SECONDS // 86400:
+                raise FieldError(OVERFLOW)
+            return days * 86400
     ns = parse_go_duration_ns(text)
     seconds = abs(ns) // 1_000_000_000
     return -seconds if ns < 0 else seconds

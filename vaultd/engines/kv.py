@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from vaultd.durations import format_duration
-from vaultd.engines.base import Engine, MountSettings
+from vaultd.engines.base import Engine, MountSettings, check_segments
 from vaultd.engines.fields import (
     ABSENT,
     FieldError,
@@ -46,6 +46,7 @@ from vaultd.engines.fields import (
 )
 from vaultd.errors import BadRequest, MethodNotAllowed, NotFound, StorageError, VaultError
 from vaultd.logical import Operation, Request, Response
+from vaultd.logical import clean_path as logical_clean_path
 from vaultd.storage.base import Storage
 from vaultd.storage.cache import DecodeMemo
 
@@ -57,6 +58,8 @@ DEFAULT_MAX_VERSIONS = 10
 _WRITES = (Operation.CREATE, Operation.UPDATE)
 _UINT32 = 2**32
 _UINT64 = 2**64
+_LAST_RFC3339_NS = 253402300799_999999999
+"""9999-12-31T23:59:59.999999999Z."""
 
 
 def create_kv(storage: Storage, mount: MountSettings) -> Engine:
@@ -73,17 +76,9 @@ def create_kv(storage: Storage, mount: MountSettings) -> Engine:
 def clean_path(path: str, operation: Operation) -> str:
     """The request path as Vault's HTTP layer hands it over: ``//``, ``.`` and
     ``..`` resolved (never above the mount), and a ``/`` added for LIST."""
-    parts: list[str] = []
-    for segment in path.split("/"):
-        if segment in ("", "."):
-            continue
-        if segment == "..":
-            if parts:
-                parts.pop()
-            continue
-        parts.append(segment)
-    cleaned = "/".join(parts)
-    if cleaned and (path.endswith("/") or operation is Operation.LIST):
+    cleaned = logical_clean_path(path)
+    check_segments(cleaned.rstrip("/"))
+    if cleaned and operation is Operation.LIST and not cleaned.endswith("/"):
         cleaned += "/"
     return cleaned
 
@@ -94,6 +89,10 @@ def rfc3339(ns: int | None) -> str:
     no time, which is how Vault renders an unset ``deletion_time``."""
     if ns is None:
         return ""
+    # Times past year 9999 were only ever stored before durations were
+    # bounded (a huge ``delete_version_after``); show them as the last
+    # instant RFC 3339 can write rather than fail every read of the key.
+    ns = min(ns, _LAST_RFC3339_NS)
     seconds, frac = divmod(ns, 1_000_000_000)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
     fraction = f"{frac:09d}".rstrip("0")
