@@ -224,16 +224,87 @@ def test_init_unseal_seal_cycle(capsys: pytest.CaptureFixture[str], monkeypatch:
 
 
 def test_init_table_output(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-                           sealed_addr: str) -> None:
+                           sealed_addr: str, tmp_path: Path) -> None:
     monkeypatch.setenv("VAULT_ADDR", sealed_addr)
     code, out, _ = run(capsys, "operator", "init", "-key-shares=2", "-key-threshold=2")
     assert code == 0
     lines = out.splitlines()
     assert lines[0].startswith("Unseal Key 1: ") and lines[1].startswith("Unseal Key 2: ")
-    assert any(line.startswith("Initial Root Token: ") for line in lines)
-    assert "2 key shares and a key threshold of 2" in out
+    assert lines[3].startswith("Initial Root Token: ")
+    # The same command through OpenBao's CLI, on another fresh server: the
+    # text after the keys is Vault's, wrapped where Vault wraps it (bao adds
+    # a paragraph about rekeying, a command vaultctl does not have).
+    port = _free_port()
+    other = f"http://127.0.0.1:{port}"
+    workdir = tmp_path / "other-bao"
+    workdir.mkdir()
+    (workdir / "bao.hcl").write_text(
+        f'storage "inmem" {{}}\nlistener "tcp" {{\n  address = "127.0.0.1:{port}"\n  tls_disable = true\n}}\n'
+    )
+    with _bao_server(["-config", str(workdir / "bao.hcl")], other, workdir):
+        bao = subprocess.run([_bao(), "operator", "init", "-key-shares=2", "-key-threshold=2"],
+                             env={"PATH": os.environ["PATH"], "BAO_ADDR": other, "HOME": str(workdir)},
+                             capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()
+    assert [line.split(": ")[0] for line in lines[:4]] == [line.split(": ")[0] for line in bao[:4]]
+    assert lines[4:] == bao[4:len(lines)] and len(lines) == 12
     code, _, err = run(capsys, "operator", "init")
     assert code == 2 and "* Vault is already initialized" in err
+
+
+def test_init_text_under_an_auto_seal_is_vaults() -> None:
+    """What ``operator init`` prints for a recovery-key init (the auto-unseal
+    walkthrough's), line for line as Vault's CLI prints it."""
+    from vaultd.cli.operator import _init_json, _init_text
+
+    result = {"keys": [], "keys_base64": [], "recovery_keys": ["ab" * 32], "recovery_keys_base64": ["q" * 43 + "="],
+              "root_token": "s.root"}
+    sent = {"recovery_shares": 1, "recovery_threshold": 1, "secret_shares": 1, "secret_threshold": 1}
+    assert _init_text(result, sent).splitlines() == [
+        f"Recovery Key 1: {'q' * 43}=",
+        "",
+        "Initial Root Token: s.root",
+        "",
+        "Success! Vault is initialized",
+        "",
+        "Recovery key initialized with 1 key shares and a key threshold of 1. Please",
+        "securely distribute the key shares printed above.",
+    ]
+    machine = _init_json(result, {"recovery_shares": 1, "recovery_threshold": 1})
+    assert (machine["unseal_shares"], machine["unseal_threshold"]) == (1, 1)  # the one stored key
+    assert (machine["recovery_keys_shares"], machine["recovery_keys_threshold"]) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Recovery key initialized with 1 key shares and a key threshold of 1. Please securely distribute the "
+        "key shares printed above.",
+        "Success! You are now authenticated. The token information displayed below is already stored in the "
+        'token helper. You do NOT need to run "vaultctl login" again. Future Vault requests will automatically '
+        "use this token.",
+        "a " * 60 + "x" * 90 + " end",
+    ],
+)
+def test_wrap_at_length_has_least_raggedness(text: str) -> None:
+    """Vault wraps with minimal raggedness (kr/text), not greedily: checked
+    against every way of breaking the words."""
+    from vaultd.cli.output import wrap_at_length
+
+    words = text.split()
+    lines = wrap_at_length(text).splitlines()
+    assert " ".join(lines).split() == words
+    assert all(len(line) <= 78 or " " not in line for line in lines)
+
+    def cost(split: list[str]) -> int:
+        return sum((78 - len(x)) ** 2 + (100_000 if len(x) > 78 else 0) for x in split[:-1])
+
+    def best(rest: list[str]) -> int:
+        if len(" ".join(rest)) <= 78 or len(rest) == 1:
+            return 0
+        return min(cost([" ".join(rest[:k]), ""]) + best(rest[k:]) for k in range(1, len(rest)))
+
+    if len(words) <= 24:  # the exhaustive check is exponential
+        assert cost(lines) == best(words)
 
 
 def test_unseal_prompts_without_echo(monkeypatch: pytest.MonkeyPatch, sealed_addr: str, tmp_path: Path) -> None:
@@ -448,9 +519,27 @@ def test_login_stores_token_0600(capsys: pytest.CaptureFixture[str], monkeypatch
     finally:
         os.umask(old_umask)
     assert code == 0, err
-    assert token not in out and token not in err
-    shown = rows(out.split("\n\n", 1)[1])
+    assert token not in err
+    preamble, table_text = out.split("\n\n", 1)
+    assert preamble.splitlines() == [
+        "Success! You are now authenticated. The token information displayed below is",
+        'already stored in the token helper. You do NOT need to run "vaultctl login"',
+        "again. Future Vault requests will automatically use this token.",
+    ]
+    shown = rows(table_text)
+    assert list(shown) == ["token", "token_accessor", "token_duration", "token_renewable", "token_policies",
+                           "identity_policies", "policies"]
+    assert shown["token"] == token
     assert shown["token_policies"] == '["default"]' and shown["token_duration"] in ("2h", "1h59m59s")
+    # The same table as OpenBao's CLI prints for the same token.
+    bao_home = tmp_path / "bao-home"
+    bao_home.mkdir()
+    bao = subprocess.run([_bao(), "login", token], capture_output=True, text=True, timeout=60, check=True,
+                         env={"PATH": os.environ["PATH"], "BAO_ADDR": dev_addr, "HOME": str(bao_home)}).stdout
+    theirs = rows(bao.split("\n\n", 1)[1])
+    assert {k: v for k, v in theirs.items() if k != "token_duration"} == {
+        k: v for k, v in shown.items() if k != "token_duration"
+    }
     token_file = tmp_path / ".vault-token"
     assert token_file.read_text() == token
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
@@ -469,7 +558,7 @@ def test_login_from_stdin_and_prompt(capsys: pytest.CaptureFixture[str], monkeyp
     monkeypatch.setenv("VAULT_ADDR", dev_addr)
     code, out, _ = run(capsys, "login", "-format=json", "-", stdin=ROOT + "\n")
     assert code == 0 and json.loads(out)["auth"]["policies"] == ["root"]
-    assert "client_token" not in json.loads(out)["auth"]
+    assert json.loads(out)["auth"]["client_token"] == ROOT
     assert (tmp_path / ".vault-token").read_text() == ROOT
     (tmp_path / ".vault-token").unlink()
 

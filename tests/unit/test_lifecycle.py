@@ -7,9 +7,11 @@ import os
 
 import pytest
 
+from tests.kms_fixtures import KmsKey
 from vaultd.core.lifecycle import KEYRING, ROOT_KEY, InitRequest, Lifecycle
 from vaultd.core.seal_state import SharedSealState
 from vaultd.errors import BadRequest, Sealed, StorageError
+from vaultd.seal.awskms import AwsKmsSeal
 from vaultd.storage.file import FileStorage
 from vaultd.storage.inmem import InmemStorage
 
@@ -208,3 +210,66 @@ def test_key_status_counts_encryptions_in_every_worker_until_a_rotation(shared: 
     assert status["encryptions"] == before + 2 and status["term"] == 1
     a.rotate()
     assert b.key_status() == {"encryptions": 0, "install_time": a.barrier.keyring.active_term.install_time, "term": 2}
+
+
+# -- init under an auto seal (the Vault 1.0 auto-unseal walkthrough) ------------------
+
+
+@pytest.fixture
+def auto(shared: SharedSealState, aws_env: dict[str, str], kms_key: KmsKey) -> Lifecycle:
+    """A lifecycle with the real awskms seal, on moto's KMS."""
+    return Lifecycle(InmemStorage(), shared, seal=AwsKmsSeal(kms_key.seal_options()), storage_type="inmem")
+
+
+def test_walkthrough_init_under_an_auto_seal_implies_one_stored_share(auto: Lifecycle) -> None:
+    """``-stored-shares=1 -recovery-shares=1 -recovery-threshold=1
+    -key-shares=1 -key-threshold=1``: accepted, with a warning that the key
+    share counts were implied rather than used."""
+    result = auto.init(InitRequest(secret_shares=1, secret_threshold=1, stored_shares=1,
+                                   recovery_shares=1, recovery_threshold=1))
+    assert result["keys"] == [] and result["keys_base64"] == []
+    assert len(result["recovery_keys"]) == 1 and len(result["recovery_keys_base64"]) == 1
+    [warning] = result["warnings"]
+    assert "secret_shares and secret_threshold of 1 are implied with seal type awskms" in warning
+    status = auto.seal_status()
+    assert status["type"] == "awskms" and status["recovery_seal"] is True
+    assert status["recovery_seal_type"] == "shamir"
+    assert (status["initialized"], status["sealed"], status["n"], status["t"]) == (True, False, 1, 1)
+    # Vault's order: recovery_seal_type right after recovery_seal.
+    keys = list(status)
+    assert keys.index("recovery_seal_type") == keys.index("recovery_seal") + 1
+
+
+def test_auto_seal_init_without_key_shares_has_no_warning(auto: Lifecycle) -> None:
+    result = auto.init(InitRequest(recovery_shares=3, recovery_threshold=2))
+    assert "warnings" not in result and len(result["recovery_keys"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (InitRequest(secret_shares=5, secret_threshold=3, recovery_shares=1, recovery_threshold=1),
+         "parameters secret_shares,secret_threshold must be 1 or omitted with seal type awskms"),
+        (InitRequest(secret_shares=1, secret_threshold=2, recovery_shares=1, recovery_threshold=1),
+         "parameters secret_threshold must be 1 or omitted"),
+        (InitRequest(stored_shares=2, recovery_shares=1, recovery_threshold=1),
+         "stored_shares must be 1 with seal type awskms"),
+        (InitRequest(secret_shares=1, secret_threshold=1, recovery_shares=3, recovery_threshold=4),
+         "threshold cannot be larger than shares"),
+    ],
+    ids=["key-shares-5", "key-threshold-2", "stored-shares-2", "bad-recovery"],
+)
+def test_auto_seal_refuses_share_counts_it_cannot_honour(auto: Lifecycle, request_: InitRequest, message: str) -> None:
+    with pytest.raises(BadRequest, match=message):
+        auto.init(request_)
+    assert not auto.initialized and list(auto.physical.list("")) == []
+    assert auto.seal_status()["recovery_seal_type"] == "shamir"  # also before init
+
+
+def test_shamir_refuses_stored_shares_and_has_no_recovery_seal_type(shared: SharedSealState) -> None:
+    lc = make(shared)
+    with pytest.raises(BadRequest, match="stored keys are not supported by the shamir seal"):
+        lc.init(InitRequest(secret_shares=1, secret_threshold=1, stored_shares=1))
+    assert not lc.initialized
+    init(lc, 1, 1)
+    assert "recovery_seal_type" not in lc.seal_status()

@@ -40,13 +40,10 @@ def initialise() -> ResponseReturnValue:
         recovery_shares=body.get("recovery_shares", 0),
         recovery_threshold=body.get("recovery_threshold", 0),
         break_glass=body.get("break_glass", False),
+        stored_shares=body.get("stored_shares", 0),
     )
-    stored = body.get("stored_shares", 0)
-    if core().lifecycle.seal is not None:
-        if stored not in (0, 1):
-            raise BadRequest("stored_shares must be 1 for an auto seal")
-        if not request.recovery_shares and not request.recovery_threshold:
-            request.recovery_shares, request.recovery_threshold = 5, 3
-    elif stored:
-        raise BadRequest("stored keys are not supported by the shamir seal")
+    # Which share counts an auto seal takes (stored_shares 1, secret_* 1 or
+    # omitted) is the lifecycle's rule; only Vault's defaults are set here.
+    if core().lifecycle.seal is not None and not request.recovery_shares and not request.recovery_threshold:
+        request.recovery_shares, request.recovery_threshold = 5, 3
     return raw_json(core().init(request))

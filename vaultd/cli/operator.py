@@ -13,7 +13,7 @@ import getpass
 from vaultd.cli.base import Command, Context, Failure
 from vaultd.cli.client import ClientError
 from vaultd.cli.flags import EXIT_USAGE, Flag, expect_args
-from vaultd.cli.output import out, print_json, table
+from vaultd.cli.output import err, out, print_json, table, wrap_at_length
 
 EXIT_SEALED = 2
 EXIT_ERROR = 1
@@ -97,7 +97,11 @@ def run_init(ctx: Context) -> int:
             value = 5 if field.endswith("shares") else 3
         if value is not None:
             body[field] = value
+    if ctx.flag("stored-shares") is not None:
+        body["stored_shares"] = ctx.flag("stored-shares")
     result = ctx.call("initializing", "PUT", "sys/init", body).body or {}
+    for warning in result.get("warnings") or []:
+        err(wrap_at_length(f"WARNING! {warning}") + "\n")
     if ctx.json:
         print_json(_init_json(result, body))
     else:
@@ -115,14 +119,15 @@ def _init_status(ctx: Context) -> int:
 
 
 def _init_json(result: dict[str, object], sent: dict[str, object]) -> dict[str, object]:
-    """The JSON shape of ``vault operator init -format=json``."""
+    """The JSON shape of ``vault operator init -format=json``.  With no
+    unseal keys back the seal stores the one key: 1 share, threshold 1."""
     keys_b64 = result.get("keys_base64") or []
     recovery_b64 = result.get("recovery_keys_base64") or []
     return {
         "unseal_keys_b64": keys_b64,
         "unseal_keys_hex": result.get("keys") or [],
-        "unseal_shares": len(keys_b64) if keys_b64 else sent.get("secret_shares", 0),
-        "unseal_threshold": sent.get("secret_threshold", 0),
+        "unseal_shares": sent.get("secret_shares", 0) if keys_b64 else 1,
+        "unseal_threshold": sent.get("secret_threshold", 0) if keys_b64 else 1,
         "recovery_keys_b64": recovery_b64,
         "recovery_keys_hex": result.get("recovery_keys") or [],
         "recovery_keys_shares": len(recovery_b64) if recovery_b64 else sent.get("recovery_shares", 0),
@@ -132,28 +137,43 @@ def _init_json(result: dict[str, object], sent: dict[str, object]) -> dict[str, 
 
 
 def _init_text(result: dict[str, object], sent: dict[str, object]) -> str:
-    lines = []
-    for i, key in enumerate(result.get("keys_base64") or [], 1):
-        lines.append(f"Unseal Key {i}: {key}")
-    for i, key in enumerate(result.get("recovery_keys_base64") or [], 1):
-        lines.append(f"Recovery Key {i}: {key}")
+    """Vault's text, paragraph for paragraph and wrapped as Vault wraps it:
+    scripts and runbooks written against Vault look for these lines."""
+    keys = _strings(result.get("keys_base64"))
+    recovery = _strings(result.get("recovery_keys_base64"))
+    lines = [f"Unseal Key {i}: {key}" for i, key in enumerate(keys, 1)]
+    lines += [f"Recovery Key {i}: {key}" for i, key in enumerate(recovery, 1)]
     lines += ["", f"Initial Root Token: {result.get('root_token', '')}", ""]
-    if result.get("keys_base64"):
-        shares, threshold = len(result["keys_base64"]), sent.get("secret_threshold")
-        lines.append(
-            f"Vault initialized with {shares} key shares and a key threshold of {threshold}.\n"
-            "Distribute the key shares above to different people and keep them apart.\n"
-            f"After every restart or seal, {threshold} of them are needed to unseal; the\n"
-            "root key is not stored anywhere else, so losing that many shares loses the data."
-        )
-    if result.get("recovery_keys_base64"):
-        shares, threshold = len(result["recovery_keys_base64"]), sent.get("recovery_threshold")
-        lines.append(
-            "Success! Vault is initialized\n\n"
-            f"Recovery key initialized with {shares} key shares and a key threshold of {threshold}.\n"
-            "Distribute the recovery shares above to different people and keep them apart."
-        )
+    if keys:
+        threshold = sent.get("secret_threshold")
+        lines += [
+            wrap_at_length(
+                f"Vault initialized with {len(keys)} key shares and a key threshold of {threshold}. Please "
+                "securely distribute the key shares printed above. When the Vault is re-sealed, restarted, "
+                f"or stopped, you must supply at least {threshold} of these keys to unseal it before it can "
+                "start servicing requests."
+            ),
+            "",
+            wrap_at_length(
+                f"Vault does not store the generated root key. Without at least {threshold} keys to "
+                "reconstruct the root key, Vault will remain permanently sealed!"
+            ),
+        ]
+    else:
+        lines.append("Success! Vault is initialized")
+    if recovery:
+        lines += [
+            "",
+            wrap_at_length(
+                f"Recovery key initialized with {len(recovery)} key shares and a key threshold of "
+                f"{sent.get('recovery_threshold')}. Please securely distribute the key shares printed above."
+            ),
+        ]
     return "\n".join(lines)
+
+
+def _strings(value: object) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []
 
 
 def run_unseal(ctx: Context) -> int:
@@ -200,6 +220,7 @@ COMMANDS = [
             Flag("key-threshold", int, None, "Shares needed to unseal (default 3)."),
             Flag("recovery-shares", int, None, "Number of recovery key shares, auto-unseal only (default 5)."),
             Flag("recovery-threshold", int, None, "Recovery shares needed for quorum operations (default 3)."),
+            Flag("stored-shares", int, None, "Shares the seal stores, auto-unseal only: 1 (Vault 1.0's flag)."),
             Flag("status", bool, False, "Only report whether the server is initialized (exit 0 yes, 2 no)."),
         ),
         run_init,

@@ -11,7 +11,12 @@ import json
 import sys
 from collections.abc import Iterable
 
+from vaultd.durations import human_duration
+
 FORMATS = ("table", "json")
+MAX_LINE_LENGTH = 78
+_TOO_LONG = 100_000
+"""Extra cost of a line over the width (only a single long word makes one)."""
 _GAP = 4
 
 
@@ -51,6 +56,37 @@ def kv_table(data: dict[str, object], durations: tuple[str, ...] = ()) -> str:
     return table(rows)
 
 
+def wrap_at_length(text: str, width: int = MAX_LINE_LENGTH) -> str:
+    """Vault's ``wrapAtLength``: lines of at most ``width`` columns with the
+    least raggedness (the sum over all lines but the last of the square of
+    the room left), not greedy filling, so multi-line messages break exactly
+    where the real CLI breaks them.  A word longer than the line stands on
+    its own line."""
+    words = text.strip().replace("\n", " ").split(" ")
+    n = len(words)
+    cost = [0] * (n + 1)
+    cut = [n] * (n + 1)
+    for start in range(n - 1, -1, -1):
+        length = -1
+        best, best_cut = None, n
+        for end in range(start, n):
+            length += 1 + len(words[end])
+            if end == n - 1 and (length <= width or start == n - 1):
+                best, best_cut = 0, n  # the last line is free
+                break
+            if end + 1 < n:
+                room = width - length
+                total = room * room + cost[end + 1] + (_TOO_LONG if length > width else 0)
+                if best is None or total < best:
+                    best, best_cut = total, end + 1
+        cost[start], cut[start] = best or 0, best_cut
+    lines, start = [], 0
+    while start < n:
+        lines.append(" ".join(words[start:cut[start]]))
+        start = cut[start]
+    return "\n".join(lines)
+
+
 def heading(title: str) -> str:
     return f"== {title} =="
 
@@ -74,20 +110,6 @@ def value_text(value: object) -> str:
 def _inner(value: object) -> str:
     return value if isinstance(value, str) else value_text(value)
 
-
-def human_duration(seconds: int) -> str:
-    """Go's duration string with the zero tails Vault trims (``1h``, not
-    ``1h0m0s``)."""
-    if seconds == 0:
-        return "0s"
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    text = f"{h}h{m}m{s}s" if h else (f"{m}m{s}s" if m else f"{s}s")
-    if text.endswith("m0s"):
-        text = text[:-2]
-    if text.endswith("h0m"):
-        text = text[:-2]
-    return text
 
 
 def json_list(value: object) -> str:

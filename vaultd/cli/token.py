@@ -1,8 +1,10 @@
 """``login`` and ``token create|lookup|revoke``.
 
-A token is printed only by ``token create``, whose purpose is to hand it
-out.  ``login`` and ``token lookup`` show everything else about a token but
-drop its ``id``: their output ends up in terminals, scrollback and tickets.
+``token create`` and ``login`` print the token in the ``token`` row, as
+Vault's CLI does (runbooks and the auto-unseal walkthrough read it there;
+whoever runs ``login`` just typed it).  ``token lookup`` shows everything
+else about a token but drops its ``id``: a lookup of someone else's token
+by accessor must not hand the token out.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import sys
 from vaultd.cli import tokenfile
 from vaultd.cli.base import Command, Context, Failure
 from vaultd.cli.flags import EXIT_USAGE, Flag, UsageError, expect_args
-from vaultd.cli.output import err, human_duration, json_list, kv_table, out, print_json, table
+from vaultd.cli.output import err, human_duration, json_list, kv_table, out, print_json, table, wrap_at_length
 
 _DURATION_FIELDS = ("creation_ttl", "explicit_max_ttl", "ttl", "period")
 
@@ -63,12 +65,16 @@ def run_login(ctx: Context) -> int:
             tokenfile.store_token(token)
         except OSError as exc:
             raise Failure(f"Error storing token: {exc.strerror or exc}", EXIT_USAGE) from None
-    if os.environ.get("VAULT_TOKEN"):
+    if os.environ.get("VAULT_TOKEN") and not ctx.flag("no-store"):
         err(
-            "WARNING! The VAULT_TOKEN environment variable is set! It takes precedence over\n"
-            "the token just stored; unset it or update it if that is not what you want."
+            wrap_at_length(
+                "WARNING! The VAULT_TOKEN environment variable is set! The value of this variable will "
+                "take precedence; if this is unwanted please unset VAULT_TOKEN or update its value accordingly."
+            )
+            + "\n"
         )
     lookup = {
+        "client_token": token,
         "accessor": data.get("accessor", ""),
         "lease_duration": data.get("ttl", 0),
         "renewable": data.get("renewable", False),
@@ -79,9 +85,24 @@ def run_login(ctx: Context) -> int:
     if ctx.json:
         print_json({"auth": lookup})
         return 0
-    stored = "" if ctx.flag("no-store") else " and stored in " + str(tokenfile.token_path())
-    out(f"Success! You are now authenticated{stored}.\nLater commands will use this token.\n")
-    out(table(_token_rows(lookup, show_token=False)))
+    if ctx.flag("no-store"):
+        err(
+            wrap_at_length(
+                "The token was not stored in token helper. Set the VAULT_TOKEN environment variable or "
+                "pass the token below with each request to Vault."
+            )
+            + "\n"
+        )
+    else:
+        out(
+            wrap_at_length(
+                "Success! You are now authenticated. The token information displayed below is already "
+                'stored in the token helper. You do NOT need to run "vaultctl login" again. Future Vault '
+                "requests will automatically use this token."
+            )
+            + "\n"
+        )
+    out(table(_token_rows(lookup, show_token=True)))
     return 0
 
 

@@ -91,11 +91,17 @@ class SealConfig:
 
 @dataclass
 class InitRequest:
+    """``sys/init``'s parameters; 0 means "not given"."""
+
     secret_shares: int = 0
     secret_threshold: int = 0
     recovery_shares: int = 0
     recovery_threshold: int = 0
     break_glass: bool = False
+    stored_shares: int = 0
+    """Vault 1.0's parameter (``-stored-shares=1`` in the auto-unseal
+    walkthrough): how many shares the seal stores.  An auto seal stores
+    exactly one, the wrapped unseal key; a shamir seal stores none."""
 
 
 class Lifecycle:
@@ -191,6 +197,7 @@ class Lifecycle:
             progress = len(self.shared.parts())
             nonce = self.shared.nonce()
         sealed = self.barrier.sealed
+        recovery_seal = config.recovery_seal if config else self.seal is not None
         status: dict[str, Any] = {
             "type": config.type if config else self.seal_type,
             "initialized": config is not None,
@@ -199,7 +206,13 @@ class Lifecycle:
             "n": (config.recovery_shares if config.recovery_seal else config.secret_shares) if config else 0,
             "progress": progress,
             "nonce": nonce,
-            "recovery_seal": config.recovery_seal if config else self.seal is not None,
+            "recovery_seal": recovery_seal,
+        }
+        if recovery_seal:
+            # The recovery keys are always Shamir shares (Vault's field,
+            # present only under an auto seal).
+            status["recovery_seal_type"] = "shamir"
+        status |= {
             "version": __version__,
             "commit_date": COMMIT_DATE,
             "migration": False,
@@ -214,7 +227,7 @@ class Lifecycle:
 
     def init(self, request: InitRequest) -> dict[str, Any]:
         auto = self.seal is not None
-        _validate_init(request, auto=auto)
+        warnings = _validate_init(request, auto=auto, seal_type=self.seal_type)
         with self.physical.lock("core/init"):
             if self.physical.get(SEAL_CONFIG) is not None:
                 raise BadRequest("Vault is already initialized")
@@ -265,6 +278,8 @@ class Lifecycle:
             self.physical.put(SEAL_CONFIG, config.to_json())
             self.shared.bump_epoch(EPOCH_INIT)
             result["root_token"] = root_token
+            if warnings:
+                result["warnings"] = warnings
             if auto:
                 # We hold the KEK we have just made: no KMS round trip is
                 # needed for the first unseal.
@@ -415,17 +430,44 @@ class Lifecycle:
         return Keyring.from_bytes(aead.decrypt(root_key, blob, KEYRING.encode()))
 
 
-def _validate_init(request: InitRequest, *, auto: bool) -> None:
+def _validate_init(request: InitRequest, *, auto: bool, seal_type: str = "awskms") -> list[str]:
+    """Refuse what cannot be meant; return the warnings for what is ignored.
+
+    Under an auto seal the unseal key is one key, wrapped by the seal and
+    stored: Vault 1.0 took ``-key-shares=1 -key-threshold=1 -stored-shares=1``
+    for that (its auto-unseal walkthrough passes all three), so 1 is accepted
+    and said to be implied; any other count cannot be honoured and is a 400
+    rather than silently a different setup from the one asked for."""
     if auto:
-        if request.secret_shares or request.secret_threshold:
-            raise BadRequest("parameters secret_shares,secret_threshold not applicable to seal type awskms")
+        given = [name for name in ("secret_shares", "secret_threshold") if getattr(request, name)]
+        wrong = [name for name in given if getattr(request, name) != 1]
+        if wrong:
+            raise BadRequest(
+                f"parameters {','.join(wrong)} must be 1 or omitted with seal type {seal_type}: the unseal key "
+                "is wrapped by the seal and stored as one share; use recovery_shares and recovery_threshold "
+                "to split the recovery key"
+            )
+        if request.stored_shares not in (0, 1):
+            raise BadRequest(
+                f"stored_shares must be 1 with seal type {seal_type}: the seal stores exactly one share, "
+                "the wrapped unseal key"
+            )
         _validate_shares(request.recovery_shares, request.recovery_threshold, "recovery seal configuration")
-    else:
-        if request.recovery_shares or request.recovery_threshold:
-            raise BadRequest("parameters recovery_shares,recovery_threshold not applicable to seal type shamir")
-        if request.break_glass:
-            raise BadRequest("break_glass applies only to auto seals (awskms)")
-        _validate_shares(request.secret_shares, request.secret_threshold, "seal configuration")
+        if given:
+            return [
+                f"{' and '.join(given)} of 1 are implied with seal type {seal_type} and were ignored: the "
+                "unseal key is stored wrapped by the seal; recovery_shares and recovery_threshold set the "
+                "recovery key shares"
+            ]
+        return []
+    if request.recovery_shares or request.recovery_threshold:
+        raise BadRequest("parameters recovery_shares,recovery_threshold not applicable to seal type shamir")
+    if request.break_glass:
+        raise BadRequest("break_glass applies only to auto seals (awskms)")
+    if request.stored_shares:
+        raise BadRequest("stored keys are not supported by the shamir seal: stored_shares must be omitted")
+    _validate_shares(request.secret_shares, request.secret_threshold, "seal configuration")
+    return []
 
 
 def _validate_shares(shares: int, threshold: int, what: str) -> None:
