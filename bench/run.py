@@ -6,7 +6,8 @@ scenario runs for vaultd then OpenBao, round after round (A B A B …), so
 that drift on the machine (page cache, thermal, noisy neighbours) lands on
 both alike:
 
-1. KV v2 read of one secret, 64 connections: req/s, p50, p99.
+1. KV v2 read of one secret, 64 connections: req/s, p50, p99; and the same
+   read with a non-root token whose policy holds 20 rules (1b).
 2. KV v2 write, a new version of one secret each time, 16 connections.
 3. KV v2 read of 10,000 pre-written secrets, one picked at random per request.
 4. ``auth/token/lookup-self``.
@@ -51,11 +52,15 @@ class Load:
     script: str
     connections: int
     env: dict[str, str] = field(default_factory=dict)
+    app_token: bool = False
+    """Read with a non-root token whose policy holds 20 rules, not root."""
 
 
 def loads(secrets: int) -> list[Load]:
     return [
         Load("kv_read", "KV v2 read, one secret", "secret/data/bench/one", "read.lua", 64),
+        Load("kv_read_policy", "KV v2 read, 20-rule policy", "secret/data/bench/one", "read.lua", 64,
+             app_token=True),
         Load("kv_write", "KV v2 write", "secret/data/bench/write", "write.lua", 16),
         Load(
             "kv_read_many", f"KV v2 read, {secrets:,} secrets", f"secret/data/{MANY_PREFIX}0", "random_read.lua", 64,
@@ -92,7 +97,7 @@ def run_load(server: Server, load: Load, args: argparse.Namespace, duration: flo
         connections=load.connections,
         duration=duration,
         threads=args.wrk_threads,
-        token=server.token,
+        token=server.app_token if load.app_token else server.token,
         extra_env=load.env,
     )
 
@@ -235,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"starting {server.name} on {server.url}")
             server.start()
         for server in servers:
+            server.app_token = server.policy_token(20)
             took = server.prefill(MANY_PREFIX, args.secrets)
             say(f"{server.name}: wrote {args.secrets:,} secrets in {took:.1f} s ({args.secrets / took:,.0f}/s)")
         measure_loads(servers, args, results)

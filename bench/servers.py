@@ -87,6 +87,8 @@ class Server(ABC):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = ""
+        self.app_token = ""
+        """A non-root token whose policy holds 20 rules (see policy_token)."""
         self.daemon: subprocess.Popen[bytes] | None = None
         self._local = threading.local()
 
@@ -220,6 +222,17 @@ class Server(ABC):
             return response.status_code == 200
 
         wait_for(writable, f"{self.name}'s KV v2 mount to take writes", interval=0.2)
+
+    def policy_token(self, rules: int = 20) -> str:
+        """A token whose only policy holds ``rules`` path rules, one of which
+        grants the read the bench makes: what an application reads with."""
+        lines = [f'path "secret/data/other-app-{n}/*" {{\n  capabilities = ["read", "list"]\n}}'
+                 for n in range(rules - 2)]
+        lines.append('path "secret/data/bench/admin" {\n  capabilities = ["deny"]\n}')
+        lines.append('path "secret/data/bench/*" {\n  capabilities = ["read"]\n}')
+        self.call("PUT", "sys/policies/acl/bench-app", {"policy": "\n".join(lines) + "\n"}, expect=204)
+        answer = self.call("POST", "auth/token/create", {"policies": ["bench-app"], "ttl": "24h"})
+        return str(answer["auth"]["client_token"])
 
     def prefill(self, prefix: str, count: int, threads: int = 8) -> float:
         """Write ``count`` secrets ``<prefix><i>``; returns the seconds it took."""

@@ -96,6 +96,10 @@ class ListenerConfig:
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     max_request_size: int | None = DEFAULT_MAX_REQUEST_SIZE
+    http_read_header_timeout: int = 10
+    """Seconds a client has to send a request's head (Vault's name and default)."""
+    http_read_timeout: int = 30
+    """Seconds a client has to send a whole request, head and body."""
 
 
 @dataclass(repr=False)
@@ -338,6 +342,10 @@ class _Builder:
                 listener.max_request_size = (
                     None if size < 0 else size or DEFAULT_MAX_REQUEST_SIZE
                 )
+            elif key in ("http_read_header_timeout", "http_read_timeout"):
+                # 0 keeps the default: no deadline at all would let stalled
+                # clients hold connections for ever.
+                setattr(listener, key, self.duration(key_at, value) or getattr(ListenerConfig, key))
             else:
                 self.warn_unknown(key_at)
         if not listener.tls_disable:
@@ -389,11 +397,19 @@ class _Builder:
         self.fail(at, "expected a boolean (true or false)")
 
     def integer(self, at: _At, value: object) -> int:
+        """An int64, as Vault's Go config holds every integer."""
+        number: int | None = None
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
-            return int(value)
-        self.fail(at, "expected an integer")
+            number = value
+        elif isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]{1,19}\s*", value):
+            number = int(value)
+        elif isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]+\s*", value):
+            self.fail(at, "is out of range (at most 9223372036854775807)")
+        if number is None:
+            self.fail(at, "expected an integer")
+        if not -(2**63) <= number < 2**63:
+            self.fail(at, "is out of range (at most 9223372036854775807)")
+        return number
 
     def positive(self, at: _At, value: object) -> int:
         number = self.integer(at, value)

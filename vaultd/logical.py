@@ -40,6 +40,30 @@ class Request:
     """The mount the request was routed to, with trailing slash (``secret/``)."""
     client_token_accessor: str = ""
     display_name: str = ""
+    remote_addr: str = ""
+    """The client's address, for CIDR-bound logins; empty when unknown."""
+    client_token_hash: str = ""
+    """The authenticated token's storage hash (never the token): the key to
+    its cubbyhole.  Set by the core, never by a client."""
+
+
+@dataclass
+class Auth:
+    """What an auth method's login asks the core to issue a token for (a
+    login never makes the token itself: it has no access to the token store,
+    so the core applies the mount's TTL limits in one place)."""
+
+    policies: list[str] = field(default_factory=list)
+    display_name: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    ttl: int = 0
+    max_ttl: int = 0
+    period: int = 0
+    explicit_max_ttl: int = 0
+    num_uses: int = 0
+    bound_cidrs: list[str] = field(default_factory=list)
+    no_default_policy: bool = False
+    renewable: bool = True
 
 
 @dataclass
@@ -58,3 +82,28 @@ class Response:
     renewable: bool = False
     raw: dict[str, Any] | None = None
     """A body sent as-is, without Vault's envelope (``sys/seal-status``)."""
+    login: Auth | None = None
+    """Set by an auth method's login: the core issues the token and fills
+    ``auth`` with Vault's auth block."""
+
+
+def clean_path(path: str) -> str:
+    """``//``, ``.`` and ``..`` resolved (``..`` never above the root), a
+    trailing ``/`` kept: what Vault's HTTP layer does to every path before
+    routing.  The core cleans once, before authorising, so the policy check
+    and the engine always see the same path (``kv/data/../config`` is
+    ``kv/config`` for both, and needs a grant there)."""
+    parts: list[str] = []
+    for segment in path.split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(segment)
+    cleaned = "/".join(parts)
+    if cleaned and path.endswith("/"):
+        cleaned += "/"
+    return cleaned
+

@@ -26,8 +26,17 @@ import gunicorn.app.base
 import gunicorn.arbiter
 import gunicorn.glogging
 
-from vaultd import __version__
+from vaultd import __version__, banner
+from vaultd.agent_channel import (
+    AgentChannel,
+    ChannelError,
+    channel_from_config,
+    needs_channel,
+    prepare_socket_dir,
+    socket_umask,
+)
 from vaultd.api.app import create_app
+from vaultd.api.sys_vaultd import CHANNEL_CONFIG_KEY
 from vaultd.config import Config, ConfigError, dev_config, load_config
 from vaultd.core.core import Core, CoreSettings
 from vaultd.core.lifecycle import InitRequest
@@ -89,8 +98,12 @@ class Notifier:
         self._last_status = ""
         self._last_kind = ""
         self._last_extend: float | None = None
+        self._last_generation: int | None = None
         self._pid = os.getpid()
         self._busy = threading.Lock()
+        self.on_seal: Callable[[], None] | None = None
+        """Called (from the notifier's thread) when the server was sealed
+        since the last poll: the arbiter then replaces its workers."""
 
     @staticmethod
     def connect() -> Callable[[str], None] | None:
@@ -136,7 +149,15 @@ class Notifier:
         return "sealed", f"sealed: {progress}/{config.unseal_threshold} key shares"
 
     def poll_once(self) -> None:
+        generation = self.shared.generation
         kind, status = self.state()
+        # Every seal and unseal moves the generation, and several may fall
+        # between two polls: only one unseal from a sealed state is no seal.
+        last, self._last_generation = self._last_generation, generation
+        moved = last is not None and generation != last
+        only_unsealed = kind == "unsealed" and self._last_kind != "unsealed" and generation == (last or 0) + 1
+        if moved and not only_unsealed and self.on_seal is not None:
+            self.on_seal()
         lines = []
         if status != self._last_status:
             if kind == "sealed" and self._last_kind != "sealed":
@@ -225,7 +246,36 @@ class VaultdArbiter(gunicorn.arbiter.Arbiter):
 
     def __init__(self, app: VaultdApplication) -> None:
         self.notifier = app.notifier
+        self._replace_workers = threading.Event()
         super().__init__(app)
+        # inmem storage lives in the worker itself (dev mode): a new worker
+        # would start from the master's copy, without what was written since.
+        if self.notifier is not None and app.vaultd_config.storage.type != "inmem":
+            self.notifier.on_seal = self.replace_workers_soon
+
+    def replace_workers_soon(self) -> None:
+        """After a seal: have the main loop replace every worker.
+
+        A worker drops its keys and caches at once when the server seals,
+        but decrypted values it handled (request bodies, responses, freed
+        strings) stay in its heap until overwritten.  A process that exits
+        takes them with it; the master holds no secret.  Called from the
+        notifier's thread, so it only flags and wakes the main loop, which
+        alone may fork."""
+        self._replace_workers.set()
+        self.wakeup()
+
+    def manage_workers(self) -> None:
+        if self._replace_workers.is_set() and os.getpid() == self.pid:
+            self._replace_workers.clear()
+            # As a SIGHUP does, without re-reading the configuration: new
+            # workers first (they come up sealed and answer 503), then the
+            # old ones get SIGTERM from gunicorn's own excess-worker rule,
+            # oldest first, and finish what they are serving.
+            log.info("sealed: replacing %d workers so that no plaintext outlives the seal", len(self.WORKERS))
+            for _ in range(self.num_workers):
+                self.spawn_worker()
+        super().manage_workers()
 
     def spawn_worker(self) -> int:
         if self.notifier is None:
@@ -253,12 +303,13 @@ class VaultdArbiter(gunicorn.arbiter.Arbiter):
 
 class VaultdApplication(gunicorn.app.base.BaseApplication):
     def __init__(self, config: Config, *, physical: Storage, shared: SharedSealState, settings: CoreSettings,
-                 notifier: Notifier | None) -> None:
+                 notifier: Notifier | None, agent_channel: AgentChannel | None = None) -> None:
         self.vaultd_config = config
         self.physical = physical
         self.shared = shared
         self.settings = settings
         self.notifier = notifier
+        self.agent_channel: AgentChannel | None = agent_channel
         self._loaded_once = False
         super().__init__()
 
@@ -277,9 +328,9 @@ class VaultdApplication(gunicorn.app.base.BaseApplication):
             log.warning("inmem storage is private to one process: running 1 worker instead of %d", workers)
             workers = 1
         settings: dict[str, Any] = {
-            "bind": [item.address for item in listeners],
+            "bind": [item.address for item in listeners] + self._agent_binds(),
             "workers": workers,
-            "worker_class": "gthread",
+            "worker_class": "vaultd.httpworker.BufferingWorker",
             "threads": config.threads,
             "timeout": 60,
             "graceful_timeout": 10,
@@ -293,6 +344,10 @@ class VaultdApplication(gunicorn.app.base.BaseApplication):
             "when_ready": self._when_ready,
             "on_exit": self._on_exit,
         }
+        if self.agent_channel is not None and self.agent_channel.is_unix:
+            # gunicorn binds unix sockets under this umask (its default, 0,
+            # would leave the socket 0777): 0600, or 0660 for a shared group.
+            settings["umask"] = socket_umask(self.agent_channel)
         heartbeat_dir = _memory_backed_dir()
         if heartbeat_dir is not None:
             settings["worker_tmp_dir"] = heartbeat_dir
@@ -306,6 +361,14 @@ class VaultdApplication(gunicorn.app.base.BaseApplication):
         for key, value in settings.items():
             self.cfg.set(key, value)
         self.worker_count = workers
+
+    def _agent_binds(self) -> list[str]:
+        """The agent's unix socket, an extra listener of the same app; the
+        agent endpoints check which socket a request came in on."""
+        channel = self.agent_channel
+        if channel is None or channel.socket_path is None:
+            return []
+        return [f"unix:{channel.socket_path}"]
 
     def _reread_config(self) -> None:
         """SIGHUP: take the log level and the TLS certificate and key files
@@ -350,6 +413,7 @@ class VaultdApplication(gunicorn.app.base.BaseApplication):
         core = Core(self.physical, self.shared, self.settings)
         core.watch_seal()
         app = create_app(core, max_request_size=self.vaultd_config.listeners[0].max_request_size)
+        app.config[CHANNEL_CONFIG_KEY] = self.agent_channel
         gc.freeze()
         return app
 
@@ -372,6 +436,23 @@ def build(config: Config) -> tuple[Storage, SharedSealState, CoreSettings]:
         max_lease_ttl=config.max_lease_ttl,
     )
     return physical, shared, settings
+
+
+def open_agent_channel(config: Config) -> AgentChannel | None:
+    """The agent channel to serve, its directory made safe, or None when
+    there is no agent (no auto seal, no ``unsealer`` stanza).  A TCP agent
+    address is served (loopback only) with a warning: see the README."""
+    if not needs_channel(config):
+        return None
+    channel = channel_from_config(config)
+    if channel.socket_path is not None:
+        prepare_socket_dir(channel)
+        log.info("serving the unsealer agent on %s", channel.socket_path)
+    else:
+        log.warning("unsealer.address is the TCP address %s: the agent endpoints are served to any loopback "
+                    "client, and any local user who binds that port while vaultd restarts can pose as it to "
+                    "the agent; prefer the default unix socket", channel.address)
+    return channel
 
 
 def dev_bootstrap(core: Core) -> tuple[str, str]:
@@ -399,6 +480,11 @@ def serve(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"Error starting vaultd: {exc}", file=sys.stderr)
         return 1
+    try:
+        agent_channel = open_agent_channel(config) if not args.dev else None
+    except ChannelError as exc:
+        print(f"Error starting vaultd: {exc}", file=sys.stderr)
+        return 1
     master_core = Core(physical, shared, settings)
     if args.dev:
         unseal_key, root_token = dev_bootstrap(master_core)
@@ -410,8 +496,10 @@ def serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     notifier = Notifier(shared, master_core, notify, config.workers or os.cpu_count() or 1)
-    app = VaultdApplication(config, physical=physical, shared=shared, settings=settings, notifier=notifier)
+    app = VaultdApplication(config, physical=physical, shared=shared, settings=settings, notifier=notifier,
+                            agent_channel=agent_channel)
     notifier.workers = app.worker_count
+    banner.show(config, settings.seal, app.worker_count)
     log.info("vaultd %s starting: storage %s, seal %s", __version__, config.storage.type,
              settings.seal.type if settings.seal else "shamir")
     # Everything imported and built so far lives as long as the process.

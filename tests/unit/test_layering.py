@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = {
     "vaultd/core": ("flask", "werkzeug", "gunicorn", "vaultd.api", "vaultd.server", "vaultd.cli"),
     "vaultd/engines": ("flask", "werkzeug", "gunicorn", "vaultd.core", "vaultd.api", "vaultd.server"),
+    "vaultd/auth": ("flask", "werkzeug", "gunicorn", "vaultd.core", "vaultd.api", "vaultd.server"),
     "vaultd/seal": ("flask", "werkzeug", "gunicorn", "vaultd.core", "vaultd.api", "vaultd.server"),
     "vaultd/storage": ("flask", "werkzeug", "gunicorn", "vaultd.core", "vaultd.engines", "vaultd.api"),
     "vaultd/crypto": ("flask", "werkzeug", "gunicorn", "vaultd.core", "vaultd.storage", "vaultd.api"),

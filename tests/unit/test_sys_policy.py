@@ -178,3 +178,22 @@ def test_parameter_constraints_gate_writes(api: Api) -> None:
     assert api.call("POST", "kv1/app", token, {"color": "red"})[0] == 204
     assert api.call("POST", "kv1/app", token, {"color": "green"})[0] == 403
     assert api.call("POST", "kv1/app", token, {"size": "big"})[0] == 403
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "secret/data/app/../../config",
+        "secret/data/app/./../../config",
+        "secret//config",
+        "secret/data/app/%2E%2E/%2E%2E/config",
+    ],
+)
+def test_dot_segments_cannot_get_past_a_policy(api: Api, path: str) -> None:
+    """The policy and the engine see one cleaned path: a grant on
+    secret/data/app/* gives nothing on the mount's config."""
+    api.call("PUT", "sys/policy/app", body={"policy": APP_POLICY})
+    token = api.token("app")
+    assert api.call("GET", "secret/config")[0] == 200
+    status, _ = api.call("GET", path, token)
+    assert status == 403

@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
-from vaultd.api import auth_token, logical, sys_health, sys_init, sys_mounts, sys_policy, sys_seal, sys_vaultd
+from vaultd.api import (
+    auth_token,
+    logical,
+    sys_auth,
+    sys_health,
+    sys_init,
+    sys_leases,
+    sys_mounts,
+    sys_policy,
+    sys_remount,
+    sys_seal,
+    sys_vaultd,
+    sys_wrapping,
+)
 from vaultd.api.fastpath import FastPath
-from vaultd.api.http import error, log_error, log_unexpected
-from vaultd.core.core import Core
+from vaultd.api.http import add_ignored_warning, error, log_error, log_unexpected
+from vaultd.core.core import Core, client_address
 from vaultd.errors import VaultError
 
 DEFAULT_MAX_REQUEST_SIZE = 32 * 1024 * 1024
+
+
+def _note_client_address() -> None:
+    """For tokens bound to CIDR blocks: the core checks them on every path."""
+    client_address.set(request.remote_addr or "")
 
 
 def create_app(core: Core, *, max_request_size: int | None = DEFAULT_MAX_REQUEST_SIZE) -> Flask:
@@ -22,11 +40,17 @@ def create_app(core: Core, *, max_request_size: int | None = DEFAULT_MAX_REQUEST
     app.config["MAX_CONTENT_LENGTH"] = max_request_size if max_request_size and max_request_size > 0 else None
     app.extensions["vaultd.core"] = core
     # The system blueprints first; the logical catch-all takes the rest.
-    blueprints = (sys_init.bp, sys_seal.bp, sys_health.bp, sys_mounts.bp, sys_policy.bp, sys_vaultd.bp, auth_token.bp)
+    blueprints = (sys_init.bp, sys_seal.bp, sys_health.bp, sys_mounts.bp, sys_auth.bp, sys_policy.bp, sys_remount.bp,
+                  sys_wrapping.bp, sys_leases.bp, sys_vaultd.bp, auth_token.bp)
     for blueprint in (*blueprints, logical.bp):
         app.register_blueprint(blueprint)
     app.extensions[logical.SYSTEM_ROUTES] = logical.system_routes(app.url_map)
     app.before_request(logical.refuse_options)
+    app.before_request(_note_client_address)
+    app.before_request(sys_wrapping.read_wrap_ttl)
+    app.after_request(sys_wrapping.wrap_response)
+    app.teardown_request(lambda _exc: sys_wrapping.requested_wrap_ttl.set(None))
+    app.after_request(add_ignored_warning)
     app.wsgi_app = FastPath(app.wsgi_app, core)  # type: ignore[method-assign]
 
     @app.errorhandler(VaultError)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, request
 from flask.typing import ResponseReturnValue
 
 from vaultd.api.http import (
@@ -17,9 +17,12 @@ from vaultd.api.http import (
     no_content,
     system_backend_gate,
 )
+from vaultd.auth.tokenparams import check_cidrs
+from vaultd.core.token_roles import TokenRole
 from vaultd.core.tokens import TokenEntry
 from vaultd.durations import parse_duration
-from vaultd.errors import BadRequest, PermissionDenied
+from vaultd.engines.framework import FieldData, FieldSpec
+from vaultd.errors import BadRequest, MethodNotAllowed, NotFound, PermissionDenied
 from vaultd.logical import Operation
 
 bp = Blueprint("auth_token", __name__)
@@ -48,10 +51,8 @@ def _create_params(body: dict[str, Any]) -> dict[str, Any]:
     params = fields(body, _CREATE_SCHEMA)
     if params.get("id"):
         raise BadRequest("custom token ids are not supported by vaultd")
-    if params.get("role_name"):
-        raise BadRequest("token roles are not supported by vaultd yet")
-    if parse_duration(params.get("period", 0), field="period"):
-        raise BadRequest("periodic tokens are not supported by vaultd yet")
+    if "period" in params:
+        params["period"] = parse_duration(params["period"], field="period")
     if params.get("type", "service") not in ("service", "default"):
         raise BadRequest("only service tokens are supported by vaultd")
     policies = params.get("policies") or []
@@ -71,16 +72,101 @@ def _create_params(body: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def _create(path: str, *, orphan: bool) -> ResponseReturnValue:
+def _create(path: str, *, orphan: bool, role_name: str = "") -> ResponseReturnValue:
     c = core()
     parent = c.check(client_token(), path, Operation.UPDATE)
-    token, entry = c.tokens.create(parent, _create_params(json_body()), orphan=orphan)
-    return envelope(None, auth=entry.auth_block(token))
+    params = _create_params(json_body())
+    role_name = role_name or params.pop("role_name", "")
+    role = None
+    if role_name:
+        role = c.token_roles.get(role_name)
+        if role is None:
+            raise BadRequest(f"unknown role {role_name}")
+    privileged = c.policies.acl(parent.policies).check(path, "update").sudo
+    token, entry, warnings = c.tokens.mint(parent, params, orphan=orphan, role=role, privileged=privileged)
+    return envelope(None, auth=entry.auth_block(token), warnings=warnings or None)
 
 
 @bp.route("/v1/auth/token/create", methods=["POST", "PUT"])
 def create() -> ResponseReturnValue:
     return _create("auth/token/create", orphan=False)
+
+
+@bp.route("/v1/auth/token/create/<role_name>", methods=["POST", "PUT"])
+def create_with_role(role_name: str) -> ResponseReturnValue:
+    return _create(f"auth/token/create/{role_name}", orphan=False, role_name=role_name)
+
+
+_ROLE_FIELDS: dict[str, FieldSpec] = {
+    "allowed_policies": FieldSpec("lower_strings"),
+    "disallowed_policies": FieldSpec("lower_strings"),
+    "allowed_policies_glob": FieldSpec("lower_strings"),
+    "disallowed_policies_glob": FieldSpec("lower_strings"),
+    "orphan": FieldSpec("bool"),
+    "renewable": FieldSpec("bool", default=True),
+    "path_suffix": FieldSpec("string"),
+    "token_period": FieldSpec("duration"),
+    "period": FieldSpec("duration"),
+    "token_explicit_max_ttl": FieldSpec("duration"),
+    "explicit_max_ttl": FieldSpec("duration"),
+    "token_bound_cidrs": FieldSpec("strings"),
+    "bound_cidrs": FieldSpec("strings"),
+    "token_no_default_policy": FieldSpec("bool"),
+    "token_num_uses": FieldSpec("int"),
+    "token_type": FieldSpec("string"),
+    "allowed_entity_aliases": FieldSpec("strings"),
+}
+_ROLE_ALIASES = {"period": "token_period", "explicit_max_ttl": "token_explicit_max_ttl",
+                 "bound_cidrs": "token_bound_cidrs"}
+
+
+@bp.route("/v1/auth/token/roles", methods=["GET", "LIST"])
+def list_roles() -> ResponseReturnValue:
+    c = core()
+    if request.method == "GET" and request.args.get("list", "").lower() not in ("true", "1"):
+        raise MethodNotAllowed("unsupported operation")
+    c.check(client_token(), "auth/token/roles", Operation.LIST)
+    names = c.token_roles.names()
+    if not names:
+        raise NotFound()
+    return envelope({"keys": names})
+
+
+@bp.route("/v1/auth/token/roles/<role_name>", methods=["GET", "POST", "PUT", "DELETE"])
+def role(role_name: str) -> ResponseReturnValue:
+    c = core()
+    path = f"auth/token/roles/{role_name}"
+    if request.method == "GET":
+        c.check(client_token(), path, Operation.READ)
+        found = c.token_roles.get(role_name)
+        if found is None:
+            raise NotFound()
+        return envelope(found.describe())
+    if request.method == "DELETE":
+        c.check(client_token(), path, Operation.DELETE)
+        c.token_roles.delete(role_name)
+        return no_content()
+    existing = c.token_roles.get(role_name)
+    c.check(client_token(), path, Operation.UPDATE if existing else Operation.CREATE)
+    data = FieldData(json_body(), _ROLE_FIELDS)
+    updated = existing or TokenRole(name=role_name)
+    for name in _ROLE_FIELDS:
+        target = _ROLE_ALIASES.get(name, name)
+        if data.given(name) and not (name in _ROLE_ALIASES and data.given(target)):
+            setattr(updated, target, data.get(name))
+    if updated.token_bound_cidrs:
+        check_cidrs(updated.token_bound_cidrs, "token_bound_cidrs")
+    c.token_roles.put(updated)
+    return no_content()
+
+
+@bp.route("/v1/auth/token/accessors", methods=["GET", "LIST"])
+def accessors() -> ResponseReturnValue:
+    c = core()
+    if request.method == "GET" and request.args.get("list", "").lower() not in ("true", "1"):
+        raise MethodNotAllowed("unsupported operation")
+    c.check(client_token(), "auth/token/accessors", Operation.LIST, sudo=True)
+    return envelope({"keys": c.tokens.accessors()})
 
 
 @bp.route("/v1/auth/token/create-orphan", methods=["POST", "PUT"])
@@ -179,8 +265,8 @@ def renew_self() -> ResponseReturnValue:
     token = client_token()
     entry = c.check(token, "auth/token/renew-self", Operation.UPDATE)
     body = fields(json_body(), {"increment": Field((str, int))})
-    entry = c.tokens.renew(entry, _increment(body))
-    return envelope(None, auth=entry.auth_block(token or ""))
+    entry, warnings = c.tokens.renew(entry, _increment(body))
+    return envelope(None, auth=entry.auth_block(token or ""), warnings=warnings or None)
 
 
 @bp.route("/v1/auth/token/renew", methods=["POST", "PUT"])
@@ -191,5 +277,5 @@ def renew() -> ResponseReturnValue:
     entry = c.tokens.lookup(body["token"])
     if entry is None:
         raise BadRequest("token not found")
-    entry = c.tokens.renew(entry, _increment(body))
-    return envelope(None, auth=entry.auth_block(body["token"]))
+    entry, warnings = c.tokens.renew(entry, _increment(body))
+    return envelope(None, auth=entry.auth_block(body["token"]), warnings=warnings or None)

@@ -24,7 +24,7 @@ from http import HTTPStatus
 from typing import Any
 
 from vaultd.api.http import encode_json, envelope_body, log_error, log_unexpected, logical_body, token_from_environ
-from vaultd.core.core import Core
+from vaultd.core.core import Core, client_address
 from vaultd.errors import VaultError
 from vaultd.logical import Operation, Request
 
@@ -46,6 +46,8 @@ def _eligible(environ: dict[str, Any]) -> str | None:
     """The path if this is a request the fast path answers, else None."""
     if environ.get("REQUEST_METHOD") != "GET" or environ.get("QUERY_STRING"):
         return None
+    if environ.get("HTTP_X_VAULT_WRAP_TTL"):
+        return None  # wrapping is done by the Flask app's after_request
     if environ.get("CONTENT_LENGTH") not in (None, "", "0") or environ.get("HTTP_TRANSFER_ENCODING"):
         return None
     path = environ.get("PATH_INFO", "")
@@ -79,6 +81,7 @@ class FastPath:
                 return self.app(environ, start_response)
             answer = self._read
             path = relative
+        client_address.set(str(environ.get("REMOTE_ADDR") or ""))
         try:
             status, body = answer(token_from_environ(environ), path)
         except VaultError as exc:

@@ -98,5 +98,6 @@ def handle(path: str) -> ResponseReturnValue:
         path += "/"
     data = json_body() if operation in (Operation.UPDATE, Operation.PATCH) else {}
     query = {k: v for k, v in request.args.items() if k != "list"}
-    response = core().handle(client_token(), Request(operation=operation, path=path, data=data, query=query))
+    routed = Request(operation=operation, path=path, data=data, query=query, remote_addr=request.remote_addr or "")
+    response = core().handle(client_token(), routed)
     return logical(response)

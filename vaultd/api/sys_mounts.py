@@ -18,7 +18,7 @@ from vaultd.api.http import (
     no_content,
     system_backend_gate,
 )
-from vaultd.core.router import SYSTEM_MOUNT, TOKEN_AUTH_MOUNT, MountEntry, normalise_mount_path
+from vaultd.core.router import SYSTEM_MOUNT, MountEntry, normalise_mount_path
 from vaultd.durations import parse_duration
 from vaultd.errors import BadRequest
 from vaultd.logical import Operation
@@ -76,11 +76,18 @@ def _string_map(value: dict[str, Any] | None, what: str) -> dict[str, str]:
     return out
 
 
-def _ttl_config(body: dict[str, Any]) -> dict[str, int]:
+def _ttl_config(body: dict[str, Any], *, enabling: bool = False) -> dict[str, int]:
+    """The TTLs as seconds.  Enabling names the bad one as Vault does
+    ("unable to parse max TTL of ..."); tuning gives the bare reason."""
     out: dict[str, int] = {}
-    for name in ("default_lease_ttl", "max_lease_ttl"):
+    for name, what in (("default_lease_ttl", "default TTL"), ("max_lease_ttl", "max TTL")):
         if name in body:
-            out[name] = parse_duration(body[name], field=name)
+            try:
+                out[name] = parse_duration(body[name], field=name)
+            except BadRequest as exc:
+                if not enabling:
+                    raise
+                raise BadRequest(f"unable to parse {what} of {body[name]}: {exc.messages[0]}") from None
     return out
 
 
@@ -95,17 +102,36 @@ def enable_mount(path: str) -> ResponseReturnValue:
         # Vault's own routing gives ``<mount>/tune`` to tuning, not mounting.
         return tune_mount(path.rstrip("/")[: -len("/tune")])
     mount_path = normalise_mount_path(path)
-    body = fields(json_body(), _ENABLE_SCHEMA)
-    config = fields(body.get("config") or {}, _CONFIG_SCHEMA)
+    body, ttls = enable_request()
     core().enable_mount(
         client_token(),
         mount_path,
         body["type"],
         body.get("description", ""),
         _string_map(body.get("options"), "options"),
-        _ttl_config(config),
+        ttls,
     )
     return no_content()
+
+
+def enable_request() -> tuple[dict[str, Any], dict[str, int]]:
+    """The body of an enable (``sys/mounts/<path>`` and ``sys/auth/<path>``
+    take the same one) and its config's TTLs in seconds."""
+    body = fields(json_body(), _ENABLE_SCHEMA)
+    config = fields(body.get("config") or {}, _CONFIG_SCHEMA, report=False)
+    return body, _ttl_config(config, enabling=True)
+
+
+def tune_request(*, options: bool) -> dict[str, Any]:
+    """What a tune (of a mount or an auth method) changes; ``options`` only
+    where the target has them (secrets engines)."""
+    body = fields(json_body(), _TUNE_SCHEMA)
+    changes: dict[str, Any] = _ttl_config(body)
+    if "description" in body:
+        changes["description"] = body["description"]
+    if options and "options" in body:
+        changes["options"] = _string_map(body["options"], "options")
+    return changes
 
 
 @bp.delete("/v1/sys/mounts/<path:path>")
@@ -139,27 +165,8 @@ def read_tune(mount_path: str) -> ResponseReturnValue:
 
 
 def tune_mount(path: str) -> ResponseReturnValue:
-    body = fields(json_body(), _TUNE_SCHEMA)
-    changes: dict[str, Any] = _ttl_config(body)
-    if "description" in body:
-        changes["description"] = body["description"]
-    if "options" in body:
-        changes["options"] = _string_map(body["options"], "options")
-    core().tune_mount(client_token(), normalise_mount_path(path), changes)
+    core().tune_mount(client_token(), normalise_mount_path(path), tune_request(options=True))
     return no_content()
-
-
-def _token_auth_view() -> dict[str, Any]:
-    view = TOKEN_AUTH_MOUNT.describe()
-    view["options"] = None
-    view["config"]["token_type"] = "default-service"  # noqa: S105 - a token kind, not a secret
-    return view
-
-
-@bp.get("/v1/sys/auth")
-def list_auth() -> ResponseReturnValue:
-    core().check(client_token(), "sys/auth", Operation.READ)
-    return envelope({"token/": _token_auth_view()}, legacy_top_level=True)
 
 
 @bp.get("/v1/sys/internal/ui/mounts/<path:path>")
@@ -173,8 +180,9 @@ def ui_mount(path: str) -> ResponseReturnValue:
 
 @bp.get("/v1/sys/internal/ui/mounts")
 def ui_mounts() -> ResponseReturnValue:
-    mounts = core().list_mounts(client_token())
-    return envelope({"secret": mounts, "auth": {"token/": _token_auth_view()}})
+    c = core()
+    mounts = c.list_mounts(client_token())
+    return envelope({"secret": mounts, "auth": c.list_auth(client_token())})
 
 
 @bp.route("/v1/sys/rotate", methods=["POST", "PUT"])

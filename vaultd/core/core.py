@@ -6,20 +6,39 @@ handlers decode a request, call one method here, and encode what it returns.
 
 from __future__ import annotations
 
+import json
 import logging
+import random
 import threading
+import time
+import uuid
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+from vaultd.auth.tokenparams import address_in
 from vaultd.core.barrier import Barrier
 from vaultd.core.lifecycle import InitRequest, Lifecycle
 from vaultd.core.policy import authorize
 from vaultd.core.policy_store import PolicyStore
-from vaultd.core.router import MOUNTS_KEY, MountEntry, Router, new_mount
+from vaultd.core.router import (
+    CUBBYHOLE_ENTRY,
+    CUBBYHOLE_MOUNT,
+    MOUNTS_KEY,
+    TOKEN_AUTH_MOUNT,
+    MountEntry,
+    Router,
+    new_auth_mount,
+    new_mount,
+)
 from vaultd.core.seal_state import EPOCH_MOUNTS, EPOCH_POLICIES, SharedSealState
+from vaultd.core.token_roles import TokenRoles
 from vaultd.core.tokens import TokenEntry, TokenStore
+from vaultd.core.wrapping import Wrapping, requested_wrap_ttl
+from vaultd.engines.base import MountSettings
+from vaultd.engines.cubbyhole import Cubbyhole
 from vaultd.errors import BadRequest, NotFound, PermissionDenied
-from vaultd.logical import Operation, Request, Response
+from vaultd.logical import Operation, Request, Response, clean_path
 from vaultd.seal.base import AutoSeal
 from vaultd.storage.base import Storage
 from vaultd.storage.cache import CachedStorage
@@ -27,7 +46,14 @@ from vaultd.storage.view import StorageView
 
 log = logging.getLogger("vaultd.core")
 
+client_address: ContextVar[str] = ContextVar("client_address", default="")
+"""The current request's remote address (set by the HTTP layer), for tokens
+bound to CIDR blocks; empty when unknown, which no binding admits."""
+
 SEAL_WATCH_INTERVAL = 0.5
+TOKEN_TIDY_INTERVAL = 60.0
+"""Seconds between two sweeps of expired tokens by each worker (see
+``TokenStore.tidy``); a lookup revokes an expired token on sight anyway."""
 """Seconds a worker that serves no requests may keep its keys after a seal."""
 
 
@@ -68,6 +94,9 @@ class Core:
             lambda: shared.epoch(EPOCH_POLICIES),
             lambda: shared.bump_epoch(EPOCH_POLICIES),
         )
+        self.token_roles = TokenRoles(StorageView(self.barrier, "sys/token/"))
+        self.cubbyhole = Cubbyhole(StorageView(self.barrier, "sys/token/"), MountSettings(path=CUBBYHOLE_MOUNT))
+        self.wrapping = Wrapping(self)
 
     def _token_store(self, barrier: Storage) -> TokenStore:
         return TokenStore(
@@ -108,14 +137,18 @@ class Core:
         entry = self.tokens.lookup(token)
         if entry is None:
             raise PermissionDenied()
+        if entry.bound_cidrs and not address_in(client_address.get(), entry.bound_cidrs):
+            raise PermissionDenied()
         if entry.num_uses and spend_use:
             self.tokens.use(entry)
         return entry
 
-    def check(self, token: str | None, path: str, operation: Operation, *, sudo: bool = False) -> TokenEntry:
+    def check(
+        self, token: str | None, path: str, operation: Operation, *, sudo: bool = False, spend_use: bool = True
+    ) -> TokenEntry:
         """The one authorisation gate: who is asking, and may they do this here."""
-        entry = self.authenticate(token)
-        authorize(self.policies.acl(entry.policies), path, operation, sudo=sudo)
+        entry = self.authenticate(token, spend_use=spend_use)
+        authorize(self.policies.acl(entry.policies), path, operation, sudo=sudo, wrap_ttl=requested_wrap_ttl.get())
         return entry
 
     # -- policies ----------------------------------------------------------------------
@@ -180,9 +213,13 @@ class Core:
 
         def run() -> None:
             said = ""  # the failure last logged: a lasting one is said once, not twice a second
+            next_tidy = time.monotonic() + TOKEN_TIDY_INTERVAL * random.uniform(0.5, 1.0)  # noqa: S311
             while not stopped.wait(interval):
                 try:
                     self.lifecycle.refresh()
+                    if time.monotonic() >= next_tidy and not self.barrier.sealed:
+                        next_tidy = time.monotonic() + TOKEN_TIDY_INTERVAL
+                        self.tokens.tidy()
                     said = ""
                 except Exception as exc:  # a bad moment must not end the watch
                     if type(exc).__name__ != said:
@@ -197,9 +234,76 @@ class Core:
 
     def list_mounts(self, token: str | None) -> dict[str, dict[str, Any]]:
         self.check(token, "sys/mounts", Operation.READ)
-        mounts = {path: entry.describe() for path, entry in self.router.table().items()}
+        mounts = {path: entry.describe() for path, entry in self.router.secret_mounts().items()}
+        mounts[CUBBYHOLE_MOUNT] = CUBBYHOLE_ENTRY.describe()
         mounts["sys/"] = self._system_mount_view()
         return dict(sorted(mounts.items()))
+
+    def list_auth(self, token: str | None) -> dict[str, dict[str, Any]]:
+        self.check(token, "sys/auth", Operation.READ)
+        methods = {path: entry.describe() for path, entry in self.router.auth_mounts().items()}
+        methods["token/"] = self._token_auth_view()
+        return dict(sorted(methods.items()))
+
+    @staticmethod
+    def _token_auth_view() -> dict[str, Any]:
+        view = TOKEN_AUTH_MOUNT.describe()
+        view["options"] = None
+        view["config"]["token_type"] = "default-service"  # noqa: S105 - a token kind, not a secret
+        return view
+
+    def enable_auth(self, token: str | None, path: str, type_: str, description: str, config: dict[str, Any]) -> None:
+        self.check(token, f"sys/auth/{path}", Operation.UPDATE, sudo=True)
+        entry = new_auth_mount(path, type_, description=description)
+        entry.default_lease_ttl = int(config.get("default_lease_ttl", 0))
+        entry.max_lease_ttl = int(config.get("max_lease_ttl", 0))
+        self.router.mount(entry)
+        self.shared.bump_epoch(EPOCH_MOUNTS)
+        log.info("enabled %s auth method at auth/%s", entry.type, path)
+
+    def disable_auth(self, token: str | None, path: str) -> None:
+        self.check(token, f"sys/auth/{path}", Operation.DELETE, sudo=True)
+        if path == "token/":
+            raise BadRequest("token credential backend cannot be disabled")
+        if self.router.unmount("auth/" + path):
+            self.shared.bump_epoch(EPOCH_MOUNTS)
+            log.info("disabled auth method at auth/%s", path)
+
+    def auth_entry(self, token: str | None, path: str, operation: Operation = Operation.READ) -> MountEntry:
+        """For ``sys/auth/<path>/tune``."""
+        self.check(token, f"sys/auth/{path}/tune", operation, sudo=True)
+        if path == "token/":
+            return TOKEN_AUTH_MOUNT
+        entry = self.router.auth_mounts().get(path)
+        if entry is None:
+            raise BadRequest(f"no auth mount at {path}")
+        return entry
+
+    def tune_auth(self, token: str | None, path: str, changes: dict[str, Any]) -> None:
+        self.auth_entry(token, path, Operation.UPDATE)
+        self.router.tune("auth/" + path, changes)
+        self.shared.bump_epoch(EPOCH_MOUNTS)
+
+    def remount(self, token: str | None, source: str, target: str) -> str:
+        """``sys/remount``: done at once (Vault queues it and reports through
+        ``sys/remount/status``, which answers "success" here).  Returns the
+        migration id, kept in the barrier so any worker can answer for it."""
+        self.check(token, "sys/remount", Operation.UPDATE, sudo=True)
+        self.router.remount(source, target)
+        self.shared.bump_epoch(EPOCH_MOUNTS)
+        migration = str(uuid.uuid4())
+        record = {"source_mount": source, "target_mount": target, "status": "success"}
+        self.barrier.put(f"core/remount/{migration}", json.dumps(record).encode())
+        log.info("remounted %s to %s", source, target)
+        return migration
+
+    def remount_status(self, token: str | None, migration: str) -> dict[str, Any] | None:
+        self.check(token, f"sys/remount/status/{migration}", Operation.READ, sudo=True)
+        try:
+            raw = self.barrier.get(f"core/remount/{migration}")
+        except ValueError:
+            return None
+        return None if raw is None else json.loads(raw)
 
     def _system_mount_view(self) -> dict[str, Any]:
         from vaultd.core.router import SYSTEM_MOUNT
@@ -255,13 +359,15 @@ class Core:
 
     def handle(self, token: str | None, request: Request) -> Response:
         self.begin()
-        routed = self.router.route(request.path)
+        if "." in request.path or "//" in request.path:
+            request.path = clean_path(request.path)
+        routed = self._route(request.path)
         if routed is None:
             # Authenticate first: an unauthenticated caller learns nothing.
             self.authenticate(token)
             raise NotFound(f'no handler for route "{request.path}". route entry not found.')
         mount, relative = routed
-        engine = self.router.engine(mount)
+        engine = self.cubbyhole if mount is CUBBYHOLE_ENTRY else self.router.engine(mount)
         full_path = request.path
         routed_request = Request(
             operation=request.operation,
@@ -269,13 +375,43 @@ class Core:
             data=request.data,
             query=request.query,
             mount_path=mount.path,
+            remote_addr=request.remote_addr,
         )
         operation = request.operation
+        if mount.is_auth and engine.is_unauthenticated(relative):
+            # A login: no token yet, by definition.
+            return self._complete_login(mount, full_path, engine.handle(routed_request))
         entry = self.authenticate(token)
+        routed_request.client_token_hash = entry.id_hash
         if operation in (Operation.CREATE, Operation.UPDATE):
             operation = Operation.UPDATE if engine.exists(routed_request) else Operation.CREATE
-        authorize(self.policies.acl(entry.policies), full_path, operation, data=request.data)
+        authorize(self.policies.acl(entry.policies), full_path, operation, data=request.data,
+                  wrap_ttl=requested_wrap_ttl.get())
         routed_request.operation = operation
         routed_request.client_token_accessor = entry.accessor
         routed_request.display_name = entry.display_name
-        return engine.handle(routed_request)
+        return self._complete_login(mount, full_path, engine.handle(routed_request))
+
+    def _route(self, path: str) -> tuple[MountEntry, str] | None:
+        if path == CUBBYHOLE_MOUNT.rstrip("/") or path.startswith(CUBBYHOLE_MOUNT):
+            return CUBBYHOLE_ENTRY, path[len(CUBBYHOLE_MOUNT):]
+        return self.router.route(path)
+
+    def _complete_login(self, mount: MountEntry, path: str, response: Response) -> Response:
+        """Issue the token a login's :class:`~vaultd.logical.Auth` asks for,
+        within the mount's TTL limits, and answer Vault's auth block."""
+        login = response.login
+        if login is None:
+            return response
+        token, entry, warnings = self.tokens.issue_login(
+            login,
+            path=path,
+            display_prefix=mount.path[len("auth/"):].rstrip("/").replace("/", "-"),
+            default_ttl=mount.default_lease_ttl or self.settings.default_lease_ttl,
+            max_ttl=mount.max_lease_ttl or self.settings.max_lease_ttl,
+        )
+        response.login = None
+        response.auth = entry.auth_block(token)
+        if warnings:
+            response.warnings = [*(response.warnings or []), *warnings]
+        return response

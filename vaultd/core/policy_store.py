@@ -30,7 +30,19 @@ from vaultd.storage.keys import split_key
 
 ROOT = "root"
 DEFAULT = "default"
+RESPONSE_WRAPPING = "response-wrapping"
 ROOT_POLICY = Policy(ROOT, "", ())
+RESPONSE_WRAPPING_TEXT = """
+path "cubbyhole/response" {
+    capabilities = ["create", "read"]
+}
+
+path "sys/wrapping/unwrap" {
+    capabilities = ["update"]
+}
+"""
+"""What a wrapping token may do, and nothing else (Vault's fixed policy)."""
+IMMUTABLE = (ROOT, RESPONSE_WRAPPING)
 DEFAULT_POLICY_TEXT = """
 # Allow tokens to look up their own properties
 path "auth/token/lookup-self" {
@@ -202,6 +214,8 @@ class PolicyStore:
     def _load(self, name: str) -> Policy | None:
         if name == ROOT:
             return ROOT_POLICY
+        if name == RESPONSE_WRAPPING:
+            return parse_policy(RESPONSE_WRAPPING, RESPONSE_WRAPPING_TEXT)
         try:
             split_key(name)
         except ValueError:
@@ -222,14 +236,14 @@ class PolicyStore:
             folder = stack.pop()
             for child in self._storage.list(folder):
                 (stack if child.endswith("/") else stored).append(folder + child)
-        return sorted(set(stored) | {DEFAULT})
+        return sorted((set(stored) | {DEFAULT}) - set(IMMUTABLE))
 
     # -- writing ---------------------------------------------------------------
 
     def put(self, name: str, text: str) -> None:
         """Parse first (a bad policy stores nothing), then one write."""
-        if name == ROOT:
-            raise BadRequest('cannot update "root" policy')
+        if name in IMMUTABLE:
+            raise BadRequest(f'cannot update "{name}" policy')
         try:
             parse_policy(name, text)
         except PolicyError as exc:
@@ -238,8 +252,8 @@ class PolicyStore:
         self._bump()
 
     def delete(self, name: str) -> None:
-        if name == ROOT:
-            raise BadRequest('cannot delete "root" policy')
+        if name in IMMUTABLE:
+            raise BadRequest(f'cannot delete "{name}" policy')
         if name == DEFAULT:
             raise BadRequest("cannot delete default policy")
         self._storage.delete(name)

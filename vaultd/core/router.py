@@ -14,15 +14,24 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from vaultd.auth.approle import create_approle
+from vaultd.auth.userpass import create_userpass
 from vaultd.engines.base import Engine, MountSettings
 from vaultd.engines.kv import create_kv
 from vaultd.errors import BadRequest
-from vaultd.storage.base import Storage
+from vaultd.storage.base import Storage, delete_tree
 from vaultd.storage.view import StorageView
 
 MOUNTS_KEY = "core/mounts"
 RESERVED = ("sys/", "auth/", "cubbyhole/", "identity/")
 ENGINE_FACTORIES: dict[str, Callable[[Storage, MountSettings], Engine]] = {"kv": create_kv}
+AUTH_FACTORIES: dict[str, Callable[[Storage, MountSettings], Engine]] = {
+    "approle": create_approle,
+    "userpass": create_userpass,
+}
+AUTH_PREFIX = "auth/"
+"""Auth methods share the mount table, under ``auth/``, as in Vault's router:
+``auth/userpass/`` is the userpass method enabled at ``userpass``."""
 TYPE_ALIASES = {"kv-v2": ("kv", "2"), "kv-v1": ("kv", "1"), "generic": ("kv", "1")}
 _BUILTIN_VERSION = "v0.1.0+builtin.vaultd"
 
@@ -62,9 +71,15 @@ class MountEntry:
             "type": self.type,
             "uuid": self.uuid,
         }
-        if self.type in ENGINE_FACTORIES:
+        if self.type in ENGINE_FACTORIES or self.type in AUTH_FACTORIES:
             view["deprecation_status"] = "supported"
+        if self.is_auth:
+            view["config"]["token_type"] = "default-service"  # noqa: S105 - a token kind, not a secret
         return view
+
+    @property
+    def is_auth(self) -> bool:
+        return self.path.startswith(AUTH_PREFIX)
 
 
 SYSTEM_MOUNT = MountEntry(
@@ -84,6 +99,17 @@ TOKEN_AUTH_MOUNT = MountEntry(
 )
 
 
+CUBBYHOLE_MOUNT = "cubbyhole/"
+CUBBYHOLE_ENTRY = MountEntry(
+    path=CUBBYHOLE_MOUNT,
+    type="cubbyhole",
+    uuid="00000000-0000-0000-0000-000000000003",
+    accessor="cubbyhole_00000003",
+    description="per-token private secret storage",
+    local=True,
+)
+
+
 def new_mount(path: str, type_: str, *, description: str = "", options: dict[str, str] | None = None) -> MountEntry:
     mount_type, version = TYPE_ALIASES.get(type_, (type_, ""))
     opts = dict(options or {})
@@ -100,6 +126,21 @@ def new_mount(path: str, type_: str, *, description: str = "", options: dict[str
         accessor=f"{mount_type}_{secrets.token_hex(4)}",
         description=description,
         options=opts,
+    )
+
+
+def new_auth_mount(path: str, type_: str, *, description: str = "") -> MountEntry:
+    """An auth method enabled at ``path`` (without the ``auth/`` prefix)."""
+    if type_ == "token":
+        raise BadRequest("token credential backend cannot be instantiated")
+    if type_ not in AUTH_FACTORIES:
+        raise BadRequest(f"plugin not found in the catalog: {type_}")
+    return MountEntry(
+        path=AUTH_PREFIX + path,
+        type=type_,
+        uuid=str(uuid.uuid4()),
+        accessor=f"auth_{type_}_{secrets.token_hex(4)}",
+        description=description,
     )
 
 
@@ -164,15 +205,26 @@ class Router:
         return cached
 
     def table(self) -> dict[str, MountEntry]:
+        """Every mount: secrets engines and, under ``auth/``, auth methods."""
         return self._current().table
+
+    def secret_mounts(self) -> dict[str, MountEntry]:
+        return {path: entry for path, entry in self.table().items() if not entry.is_auth}
+
+    def auth_mounts(self) -> dict[str, MountEntry]:
+        """Auth methods by their path without ``auth/`` (``userpass/``)."""
+        return {path[len(AUTH_PREFIX):]: entry for path, entry in self.table().items() if entry.is_auth}
 
     def _save(self, table: dict[str, MountEntry]) -> None:
         self.barrier.put(MOUNTS_KEY, json.dumps([asdict(m) for m in table.values()]).encode())
         self.invalidate()
 
     def mount(self, entry: MountEntry) -> None:
-        if entry.path.startswith(RESERVED) or entry.path in RESERVED:
-            raise BadRequest(f"cannot mount under reserved path {entry.path.split('/')[0]}/")
+        relative = entry.path[len(AUTH_PREFIX):] if entry.is_auth else entry.path
+        if entry.is_auth and (relative == "token/" or not relative):
+            raise BadRequest(f"cannot mount at {entry.path}: the token method is always there")
+        if not entry.is_auth and (relative.startswith(RESERVED) or relative in RESERVED):
+            raise BadRequest(f"cannot mount under reserved path {relative.split('/')[0]}/")
         with self.barrier.lock(MOUNTS_KEY):
             table = self._load()
             for existing in table:
@@ -180,6 +232,29 @@ class Router:
                     raise BadRequest(f"path is already in use at {existing}")
             table[entry.path] = entry
             self._save(table)
+
+    def remount(self, source: str, target: str) -> MountEntry:
+        """Move a mount to another path; its data stays, keyed by its uuid."""
+        if source.startswith(AUTH_PREFIX) != target.startswith(AUTH_PREFIX):
+            raise BadRequest(f'cannot remount auth mount to non-auth mount "{target}"')
+        for path in (source, target):
+            relative = path[len(AUTH_PREFIX):] if path.startswith(AUTH_PREFIX) else path
+            if path.startswith(AUTH_PREFIX) and relative in ("", "token/"):
+                raise BadRequest(f'cannot remount "{path}"')
+            if not path.startswith(AUTH_PREFIX) and (relative.startswith(RESERVED) or relative in RESERVED):
+                raise BadRequest(f'cannot remount "{path}"')
+        with self.barrier.lock(MOUNTS_KEY):
+            table = self._load()
+            entry = table.pop(source, None)
+            if entry is None:
+                raise BadRequest(f'no matching mount at "{source}"')
+            for existing in table:
+                if target.startswith(existing) or existing.startswith(target):
+                    raise BadRequest(f'path already in use at "{existing}"')
+            entry.path = target
+            table[target] = entry
+            self._save(table)
+        return entry
 
     def unmount(self, path: str) -> bool:
         """Remove the mount and its data; False when nothing was mounted there."""
@@ -189,7 +264,7 @@ class Router:
             if entry is None:
                 return False
             self._save(table)
-        _delete_tree(StorageView(self.barrier, f"logical/{entry.uuid}/"), "")
+        delete_tree(StorageView(self.barrier, f"{'auth' if entry.is_auth else 'logical'}/{entry.uuid}/"), "")
         return True
 
     def tune(self, path: str, changes: dict[str, Any]) -> None:
@@ -234,16 +309,10 @@ class Router:
                 default_lease_ttl=entry.default_lease_ttl,
                 system_default_lease_ttl=self.system_default_ttl,
             )
-            view = StorageView(self.barrier, f"logical/{entry.uuid}/")
-            engine = ENGINE_FACTORIES[entry.type](view, settings)
+            factories = AUTH_FACTORIES if entry.is_auth else ENGINE_FACTORIES
+            # Vault keeps auth methods' data under auth/<uuid>/, engines' under logical/.
+            view = StorageView(self.barrier, f"{'auth' if entry.is_auth else 'logical'}/{entry.uuid}/")
+            engine = factories[entry.type](view, settings)
             if cached.table.get(entry.path) == entry:
                 cached.engines[entry.uuid] = engine
         return engine
-
-
-def _delete_tree(storage: Storage, prefix: str) -> None:
-    for child in storage.list(prefix):
-        if child.endswith("/"):
-            _delete_tree(storage, prefix + child)
-        else:
-            storage.delete(prefix + child)
