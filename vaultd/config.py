@@ -39,7 +39,7 @@ LOG_LEVELS = {
     "warning": "warn",
     "error": "error",
 }
-STORAGE_TYPES = ("file", "inmem")
+STORAGE_TYPES = ("file", "inmem", "sqlite")
 SEAL_TYPES = ("awskms", "shamir")
 AWSKMS_KEYS = ("region", "access_key", "secret_key", "session_token", "kms_key_id", "endpoint")
 
