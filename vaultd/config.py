@@ -316,10 +316,10 @@ class _Builder:
     def storage(self, at: _At, kind: str, body: dict[str, object]) -> StorageConfig:
         if kind not in STORAGE_TYPES:
             self.fail(at, f"unsupported storage type {kind!r} (supported: {', '.join(STORAGE_TYPES)})")
-        known = ("path",) if kind == "file" else ()
-        options = self.string_options(at, body, known)
-        if kind == "file" and not options.get("path"):
-            self.fail(at.child("path"), "file storage needs a path")
+        on_disk = kind in ("file", "sqlite")
+        options = self.string_options(at, body, ("path",) if on_disk else ())
+        if on_disk and not options.get("path"):
+            self.fail(at.child("path"), f"{kind} storage needs a path")
         return StorageConfig(kind, options)
 
     def listener(self, at: _At, kind: str, body: dict[str, object]) -> ListenerConfig:
