@@ -106,3 +106,14 @@ def test_response_wrapping_policy_cannot_be_assigned(api: Api) -> None:
     assert create(api, "auth/token/create", policies=["response-wrapping"])[0] == 400
     text = 'path "x" {capabilities=["read"]}'
     assert api.call("PUT", "sys/policy/response-wrapping", body={"policy": text})[0] == 400
+
+
+def test_a_role_without_allowed_policies_keeps_children_within_the_parent(api: Api) -> None:
+    """Only a role that names allowed policies may grant beyond the parent."""
+    minter_policy = 'path "auth/token/create/open" { capabilities = ["update"] }'
+    api.call("PUT", "sys/policy/minter", body={"policy": minter_policy})
+    create(api, "auth/token/roles/open", disallowed_policies="root")
+    minter = api.token("minter")
+    status, body = create(api, "auth/token/create/open", minter, policies=["app"])
+    assert status == 403 and "subset of parent" in body["errors"][0]
+    assert create(api, "auth/token/create/open", minter, policies=["minter"])[0] == 200

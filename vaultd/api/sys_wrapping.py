@@ -14,7 +14,18 @@ from typing import Any
 from flask import Blueprint, Response, request
 from flask.typing import ResponseReturnValue
 
-from vaultd.api.http import Field, client_token, core, envelope, envelope_body, fields, json_body, raw_json
+from vaultd.api.http import (
+    Field,
+    client_token,
+    core,
+    envelope,
+    envelope_body,
+    error,
+    fields,
+    json_body,
+    log_error,
+    raw_json,
+)
 from vaultd.core.wrapping import requested_wrap_ttl
 from vaultd.durations import parse_duration
 from vaultd.errors import BadRequest, VaultError
@@ -58,7 +69,11 @@ def wrap_response(response: Response) -> Response:
         return response
     path = request.path.removeprefix("/v1/")
     wrapped_accessor = (body.get("auth") or {}).get("accessor", "") if path.startswith("auth/token/create") else ""
-    info = core().wrapping.wrap(body, ttl, path, wrapped_accessor=wrapped_accessor)
+    try:
+        info = core().wrapping.wrap(body, ttl, path, wrapped_accessor=wrapped_accessor)
+    except VaultError as exc:  # sealed meanwhile, say: Vault's error, never the unwrapped answer
+        log_error(exc)
+        return error(exc.status, exc.messages)
     wrapped = envelope_body(None)
     wrapped["wrap_info"] = info
     return raw_json(wrapped)

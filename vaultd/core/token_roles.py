@@ -46,6 +46,11 @@ class TokenRole:
         out["bound_cidrs"] = list(self.token_bound_cidrs)
         return out
 
+    @property
+    def grants_policies(self) -> bool:
+        """Whether the role's allowed policies decide (not the parent's)."""
+        return bool(self.allowed_policies or self.allowed_policies_glob)
+
     def _allowed(self, policy: str) -> bool:
         return policy in self.allowed_policies or any(
             fnmatch.fnmatchcase(policy, g) for g in self.allowed_policies_glob
@@ -62,8 +67,7 @@ class TokenRole:
         filled in, and its period, limits and bindings."""
         out = dict(params)
         requested = [p for p in (params.get("policies") or []) if p != "default"]
-        has_allowed = bool(self.allowed_policies or self.allowed_policies_glob)
-        if has_allowed:
+        if self.grants_policies:
             if not requested:
                 requested = list(self.allowed_policies)
             outside = [p for p in requested if not self._allowed(p)]

@@ -276,7 +276,9 @@ class TokenStore:
             if "root" in policies:
                 raise PermissionDenied("root tokens may only be created by a root token")
             missing = set(policies) - set(parent.policies) - {"default"}
-            if missing and role is None:
+            # Only a role that names its allowed policies may grant beyond
+            # the parent's (Vault: without them a role's tokens stay a subset).
+            if missing and (role is None or not role.grants_policies):
                 raise PermissionDenied(
                     "child policies must be subset of parent: " + ", ".join(sorted(missing))
                 )
