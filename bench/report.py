@@ -121,9 +121,11 @@ def markdown(summary: dict[str, Any], facts: dict[str, Any], notes: list[str]) -
         "# vaultd vs OpenBao",
         "",
         f"{facts['date']} · {facts['cores']} cores, {facts['cpu_model']} · Linux {facts['kernel']} · "
-        f"vaultd {facts['vaultd_version']} ({facts['vaultd_workers']} workers x {facts['vaultd_threads']} threads, "
+        # Results written before the storage fact existed were all on file.
+        f"vaultd {facts['vaultd_version']} on {facts.get('vaultd_storage', 'file')} "
+        f"({facts['vaultd_workers']} workers x {facts['vaultd_threads']} threads, "
         f"Python {facts['python']}, Flask {facts['flask']}, gunicorn {facts['gunicorn']}) · "
-        f"{facts['openbao_version']} · {facts['wrk_version']} (--threads {facts['wrk_threads']}, "
+        f"{facts['openbao_version']} on raft · {facts['wrk_version']} (--threads {facts['wrk_threads']}, "
         f"{facts['duration_seconds']} s per run)",
         "",
         f"Medians of {facts['rounds']} rounds (A B A B…) with min-max; restarts: {facts['restarts']} each. "

@@ -169,6 +169,7 @@ def facts(servers: list[Server], args: argparse.Namespace) -> dict[str, Any]:
     return {
         **report.machine_facts(),
         "vaultd_version": by_key["vaultd"].version(),
+        "vaultd_storage": getattr(by_key["vaultd"], "storage", "file"),
         "vaultd_workers": os.cpu_count(),
         "vaultd_threads": DEFAULT_THREADS,
         "openbao_version": by_key["openbao"].version(),

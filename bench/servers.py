@@ -3,7 +3,8 @@
 Both get durable storage and an auto seal, so that a restart comes back
 unsealed with nobody typing keys, and both are reached on loopback only:
 
-* vaultd: ``file`` storage, ``seal "awskms"`` against the development KMS
+* vaultd: ``sqlite`` storage (the package's default; ``file`` when asked,
+  for comparison), ``seal "awskms"`` against the development KMS
   emulator (:mod:`vaultd.dev.kms`, in this process), and its unsealer agent;
   worker count and threads left at their defaults.
 * OpenBao: ``raft`` storage (it has no file backend that is still
@@ -297,8 +298,10 @@ class Vaultd(Server):
     name = "vaultd"
     key = "vaultd"
 
-    def __init__(self, workdir: Path, logdir: Path) -> None:
+    def __init__(self, workdir: Path, logdir: Path, *, storage: str = "sqlite") -> None:
         super().__init__(workdir, logdir)
+        self.storage = storage
+        """The storage backend, named in the results table's header."""
         self.bindir = Path(sys.executable).parent
         self.config = self.state / "vaultd.hcl"
         self.agent: subprocess.Popen[bytes] | None = None
@@ -311,7 +314,9 @@ class Vaultd(Server):
         # The emulator's werkzeug would log every KMS call to our stderr.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self.kms = kms.start(self.state / "kms-dev-key.json")
-        text = render_config(private_dir(self.state / "data"), f"127.0.0.1:{self.port}", self.kms)
+        text = render_config(
+            private_dir(self.state / "data"), f"127.0.0.1:{self.port}", self.kms, storage=self.storage
+        )
         text += f'api_addr = "http://127.0.0.1:{self.port}"\n'
         write_private(self.config, text.encode())
         self.launch_daemon()

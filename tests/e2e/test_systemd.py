@@ -252,10 +252,15 @@ def run_scenario(c: Container, v: Vaultd, deb: Path, key_id: str, proxy: FaultPr
     for name in ("/etc/default/vaultd", "/etc/default/vaultd-unsealer"):
         assert c.run("stat", "-c", "%a %U", name).stdout.split() == ["600", "root"]
     assert c.run("id", "-u", "vaultd").returncode == 0
+    # A new install runs on the package's default, sqlite: the uninitialised
+    # server has already made its database, private to the vaultd user.
+    shipped_default = c.path("/etc/vaultd/vaultd.hcl").read_text()
+    assert 'storage "sqlite" {\n  path = "/var/lib/vaultd"\n}' in shipped_default, shipped_default
+    assert_sqlite_database(c)
 
     # -- configure seal "awskms" against the emulator, credentials in 0600 files
     c.path("/etc/vaultd/vaultd.hcl").write_text(f"""
-storage "file" {{
+storage "sqlite" {{
   path = "/var/lib/vaultd"
 }}
 listener "tcp" {{
@@ -311,6 +316,9 @@ unsealer {{
         assert response.json()["data"]["data"] == {"value": SECRET_VALUE}
 
     data_intact()
+    assert_sqlite_database(c)
+    assert not c.path("/var/lib/vaultd/core").exists()  # nothing in the file backend's layout
+    report("fresh install: storage sqlite, /var/lib/vaultd/vaultd.db 0600 vaultd:vaultd")
 
     # -- systemctl restart: blocks until READY, i.e. until unsealed -----------
     before = state["MainPID"]
@@ -445,6 +453,7 @@ print('consumer saw sealed=' + str(s['sealed'])); sys.exit(1 if s['sealed'] else
     v.wait_state("active", "unsealed", new_pid_than=before)
     report(f"  over the socket: {assert_unsealed_over_socket(c, v)!r}")
     data_intact()
+    assert_sqlite_database(c)
 
     # -- the journal: MESSAGE_IDs, priorities, fields, no secrets ---------------
     entries = [json.loads(line) for line in v.journal("-o", "json").splitlines() if line.strip()]
@@ -489,6 +498,63 @@ print('consumer saw sealed=' + str(s['sealed'])); sys.exit(1 if s['sealed'] else
     after = v.state()
     assert after["MainPID"] == state["MainPID"] and after["StatusText"].startswith("unsealed"), after
     report("upgrade of a shamir-sealed server: left running and unsealed, not restarted")
+
+    upgrade_from_file(c, v, deb, shipped_default, report)
+
+
+def assert_sqlite_database(c: Container) -> None:
+    """The sqlite backend's one database, private to the service's user."""
+    database = "/var/lib/vaultd/vaultd.db"
+    assert c.path(database).is_file(), "no sqlite database in /var/lib/vaultd"
+    assert c.run("stat", "-c", "%a %U %G", database).stdout.split() == ["600", "vaultd", "vaultd"]
+
+
+def upgrade_from_file(c: Container, v: Vaultd, deb: Path, shipped_default: str, report: Report) -> None:
+    """A server that ran on the old default (storage "file") gets the new
+    default config (storage "sqlite") over it, as dpkg does to an unmodified
+    conffile on upgrade: after the restart it serves its data with the file
+    backend, says so in the journal, and makes no empty database."""
+    c.run("apt-get", "purge", "-y", "vaultd", timeout=300)
+    c.run("apt-get", "install", "-y", f"/root/{deb.name}", timeout=600)
+    c.run("systemctl", "stop", "vaultd.service", timeout=120)
+    c.run("rm", "-rf", "/var/lib/vaultd/vaultd.db", "/var/lib/vaultd/vaultd.db-wal", "/var/lib/vaultd/vaultd.db-shm")
+    ours = shipped_default.replace("127.0.0.1:8200", v.url.removeprefix("http://"))
+    config = c.path("/etc/vaultd/vaultd.hcl")
+    config.write_text(ours.replace('storage "sqlite" {', 'storage "file" {', 1))
+    c.run("systemctl", "reset-failed", "vaultd.service", check=False)
+    c.run("systemctl", "start", "--no-block", "vaultd.service")
+    v.wait_state("activating", "uninitialized")
+    init = json.loads(v.vaultctl("operator", "init", "-key-shares=1", "-key-threshold=1", "-format=json").stdout)
+    v.vaultctl("operator", "unseal", init["unseal_keys_b64"][0])
+    state = v.wait_state("active", "unsealed")
+    headers = {"X-Vault-Token": init["root_token"]}
+    requests.post(f"{v.url}/v1/sys/mounts/old", json={"type": "kv", "options": {"version": "2"}},
+                  headers=headers, timeout=10).raise_for_status()
+    requests.post(f"{v.url}/v1/old/data/kept", json={"data": {"value": "from-file"}},
+                  headers=headers, timeout=10).raise_for_status()
+    assert c.path("/var/lib/vaultd/core/_seal-config").is_file()
+    assert not c.path("/var/lib/vaultd/vaultd.db").exists()
+
+    config.write_text(ours)  # the new default, as the upgrade installs it
+    cursor = v.cursor()
+    c.run("systemctl", "restart", "--no-block", "vaultd.service")
+    v.wait_state("activating", "sealed: 0/1 key shares", new_pid_than=state["MainPID"])
+    v.vaultctl("operator", "unseal", init["unseal_keys_b64"][0])
+    v.wait_state("active", "unsealed")
+    response = requests.get(f"{v.url}/v1/old/data/kept", headers=headers, timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["data"] == {"value": "from-file"}
+    assert not c.path("/var/lib/vaultd/vaultd.db").exists()
+    warning = ("found file-backend data in /var/lib/vaultd; serving it with the file backend; "
+               "run vaultd operator migrate to move it to sqlite")
+    entries = [json.loads(line) for line in v.journal(f"--after-cursor={cursor}", "-o", "json").splitlines()
+               if line.strip()]
+    said = [e for e in entries if _text(e.get("MESSAGE", "")) == warning]
+    assert said, [_text(e.get("MESSAGE", "")) for e in entries]
+    assert said[0].get("PRIORITY") == "4" and said[0].get("_SYSTEMD_UNIT") == "vaultd.service", {
+        k: said[0].get(k) for k in ("PRIORITY", "_SYSTEMD_UNIT", "SYSLOG_IDENTIFIER", "_PID", "LOGGER")
+    }
+    report("upgrade from file: the new default config (sqlite) serves the file data, with the warning")
 
 
 def _text(value: object) -> str:

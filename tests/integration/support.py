@@ -59,10 +59,15 @@ def write_config(
     storage: str = "file",
     listener_extra: str = "",
     extra: str = "",
+    data_dir: Path | None = None,
 ) -> Path:
-    """A Vault-format HCL config with file (or inmem) storage and plain HTTP."""
-    data = directory / "data"
-    storage_block = f'storage "file" {{\n  path = "{data}"\n}}' if storage == "file" else 'storage "inmem" {}'
+    """A Vault-format HCL config with file, sqlite (both in ``data``, or in
+    ``data_dir``) or inmem storage and plain HTTP."""
+    data = data_dir or directory / "data"
+    if storage in ("file", "sqlite"):
+        storage_block = f'storage "{storage}" {{\n  path = "{data}"\n}}'
+    else:
+        storage_block = 'storage "inmem" {}'
     text = (
         f"{storage_block}\n"
         'listener "tcp" {\n'

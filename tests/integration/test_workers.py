@@ -15,14 +15,28 @@ import signal
 import threading
 from collections import Counter
 
+import pytest
+
 from tests.integration.support import (
     InitResult,
     Server,
+    ServerFactory,
     request_with_worker,
     wait_for,
 )
 
 WORKERS = 4
+
+
+@pytest.fixture(params=["file", "sqlite"])
+def unsealed(request: pytest.FixtureRequest, server_factory: ServerFactory) -> tuple[Server, InitResult]:
+    """An unsealed 4-worker server on each durable backend: sqlite's
+    per-process connections and checkpointer must survive gunicorn's forks
+    and worker replacements as the file backend's lock files do."""
+    server = server_factory(storage=request.param)
+    result = server.init()
+    server.unseal(result.keys[:3])
+    return server, result
 
 
 def _sealed_and_replaced(server: Server, token: str) -> set[int]:

@@ -17,9 +17,11 @@ import pytest
 
 from vaultd.engines.base import MountSettings
 from vaultd.engines.kv import KVv1, KVv2, clean_path, create_kv, merge_patch, rfc3339
-from vaultd.errors import VaultError
+from vaultd.errors import StorageError, VaultError
 from vaultd.logical import Operation, Request, Response
+from vaultd.storage.base import Op, Put, Storage
 from vaultd.storage.inmem import InmemStorage
+from vaultd.storage.sqlite import SqliteStorage
 from vaultd.storage.view import StorageView
 
 R, C, U, D, L, P = (Operation.READ, Operation.CREATE, Operation.UPDATE, Operation.DELETE, Operation.LIST,
@@ -81,7 +83,7 @@ class LockRecordingStorage(InmemStorage):
 PREFIX = "logical/0f3e/"
 
 
-def make(version: str | None, backing: InmemStorage | None = None, **mount: Any) -> Any:
+def make(version: str | None, backing: Storage | None = None, **mount: Any) -> Any:
     options = {} if version is None else {"version": version}
     view = StorageView(backing or InmemStorage(), PREFIX)
     return create_kv(view, MountSettings(path="secret/", options=options, **mount))
@@ -961,6 +963,120 @@ def test_v2_concurrent_check_and_set_admits_one_writer_per_version() -> None:
     assert results == [1]
     assert errors == ["check-and-set parameter did not match the current version"] * 7
     assert call(engine, R, "metadata/race").data["current_version"] == 1
+
+
+# --------------------------------------------------------------------------- KV v2: one change, one transaction
+
+
+class TransactionLog:
+    """What a real backend was asked to commit, one entry per call, with
+    the keys stripped of the mount's prefix."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[tuple[str, str]]] = []
+
+    def record(self, ops: list[Op] | tuple[Op, ...]) -> None:
+        self.calls.append([
+            ("put" if isinstance(op, Put) else "delete", op.key.removeprefix(PREFIX)) for op in ops
+        ])
+
+
+class LoggedInmem(InmemStorage):
+    def __init__(self) -> None:
+        super().__init__()
+        self.log = TransactionLog()
+
+    def transaction(self, ops: Any) -> None:
+        self.log.record(ops)
+        super().transaction(ops)
+
+    # inmem's transaction writes its dict directly: any put or delete seen
+    # here is a write outside a transaction.
+    def put(self, key: str, value: bytes) -> None:
+        self.log.calls.append([("loose put", key.removeprefix(PREFIX))])
+        super().put(key, value)
+
+    def delete(self, key: str) -> None:
+        self.log.calls.append([("loose delete", key.removeprefix(PREFIX))])
+        super().delete(key)
+
+
+class LoggedSqlite(SqliteStorage):
+    def __init__(self, path: str) -> None:
+        super().__init__(path, background_checkpoints=False)
+        self.log = TransactionLog()
+
+    def transaction(self, ops: Any) -> None:
+        self.log.record(ops)
+        super().transaction(ops)
+
+    # sqlite's put is a one-op transaction (logged above); its delete is not.
+    def delete(self, key: str) -> None:
+        self.log.calls.append([("loose delete", key.removeprefix(PREFIX))])
+        super().delete(key)
+
+
+@pytest.fixture(params=["inmem", "sqlite"])
+def logged(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[LoggedInmem | LoggedSqlite]:
+    if request.param == "inmem":
+        yield LoggedInmem()
+        return
+    backing = LoggedSqlite(str(tmp_path / "db"))
+    yield backing
+    backing.close()
+
+
+def test_v2_each_logical_change_is_one_transaction(logged: LoggedInmem | LoggedSqlite) -> None:
+    """A version and the metadata pointing at it, the versions a write
+    prunes, a destroy's data deletes and a key's removal each go to the
+    backend as one transaction (all or nothing on sqlite)."""
+    engine = make("2", logged)
+    engine.clock = StepClock()
+    call(engine, U, "config", {"max_versions": 2})
+    write_versions(engine, "s/k", 2)
+    logged.log.calls.clear()
+    call(engine, U, "data/s/k", {"data": {"i": 2}})
+    call(engine, P, "data/s/k", {"data": {"p": 1}})
+    call(engine, U, "destroy/s/k", {"versions": [3]})
+    call(engine, U, "delete/s/k", {"versions": [4]})
+    call(engine, U, "undelete/s/k", {"versions": [4]})
+    call(engine, U, "metadata/s/k", {"max_versions": 5})
+    call(engine, D, "metadata/s/k")
+    assert logged.log.calls == [
+        [("put", "versions/s/k/3"), ("put", "meta/s/k"), ("delete", "versions/s/k/1")],
+        [("put", "versions/s/k/4"), ("put", "meta/s/k"), ("delete", "versions/s/k/2")],
+        [("put", "meta/s/k"), ("delete", "versions/s/k/3")],
+        [("put", "meta/s/k")],
+        [("put", "meta/s/k")],
+        [("put", "meta/s/k")],
+        [("delete", "meta/s/k"), ("delete", "versions/s/k/3"), ("delete", "versions/s/k/4")],
+    ]
+    assert logged.get(PREFIX + "meta/s/k") is None and logged.list(PREFIX + "versions/") == []
+
+
+def test_v2_a_failed_write_leaves_neither_version_nor_metadata(tmp_path: Any) -> None:
+    """On sqlite the version and its metadata land together or not at all:
+    a fault inside the database when the metadata row goes in (here a
+    trigger standing for a full disk) rolls back the version row too, and
+    the key reads as it did before."""
+    backing = SqliteStorage(str(tmp_path / "db"), background_checkpoints=False)
+    engine = make("2", backing)
+    engine.clock = StepClock()
+    call(engine, U, "data/k", {"data": {"v": 1}})
+    before = raw(engine, "meta/k")
+    conn = backing._conn()  # the engine's own connection to the real database
+    conn.execute(
+        "CREATE TEMP TRIGGER no_meta BEFORE INSERT ON kv WHEN NEW.key LIKE '%meta/k' "
+        "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+    )
+    err = fails(engine, U, "data/k", {"data": {"v": 2}})
+    assert isinstance(err, StorageError) and err.status == 500
+    conn.execute("DROP TRIGGER no_meta")
+    assert raw(engine, "meta/k") == before
+    assert backing.get(PREFIX + "versions/k/2") is None
+    assert call(engine, R, "data/k").data["data"] == {"v": 1}
+    assert call(engine, U, "data/k", {"data": {"v": 2}}).data["version"] == 2
+    backing.close()
 
 
 # --------------------------------------------------------------------------- input bounds (issue 9)

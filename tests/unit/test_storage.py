@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from vaultd.core.lifecycle import SEAL_CONFIG
 from vaultd.errors import StorageError
-from vaultd.storage import FileStorage, InmemStorage, Storage, StorageView, open_storage
+from vaultd.storage import FileStorage, InmemStorage, SqliteStorage, Storage, StorageView, open_storage
 
 Factory = Callable[[Path], Storage]
 
@@ -18,9 +19,11 @@ BACKENDS: dict[str, Factory] = {
     "file": lambda tmp: FileStorage(str(tmp / "store")),
     "view-inmem": lambda _: StorageView(InmemStorage(), "logical/abc/"),
     "view-file": lambda tmp: StorageView(FileStorage(str(tmp / "store")), "logical/abc/"),
+    "sqlite": lambda tmp: SqliteStorage(str(tmp / "store")),
+    "view-sqlite": lambda tmp: StorageView(SqliteStorage(str(tmp / "store")), "logical/abc/"),
 }
 # The in-memory backend takes any string as a key; everything else checks.
-CHECKING = ["file", "view-inmem", "view-file"]
+CHECKING = ["file", "view-inmem", "view-file", "sqlite", "view-sqlite"]
 
 ODD_KEYS = [
     "ünïcødé/ключ/鍵",
@@ -408,3 +411,59 @@ def test_open_storage_unknown_kind() -> None:
         open_storage("consul", {})
     assert "consul" in str(info.value)
     assert '"file"' in str(info.value) and '"inmem"' in str(info.value)
+
+
+# -- sqlite, the default, over a directory the file backend already holds --
+
+
+def file_server_dir(tmp_path: Path) -> Path:
+    """A directory as an initialised ``file`` server leaves it: the seal
+    config that ``operator init`` writes first, and a secret."""
+    data = tmp_path / "lib"
+    store = FileStorage(str(data))
+    store.put(SEAL_CONFIG, b'{"type": "shamir"}')
+    store.put("logical/abc/secret", b"ciphertext")
+    return data
+
+
+def test_sqlite_over_file_data_serves_it_with_the_file_backend(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = file_server_dir(tmp_path)
+    with caplog.at_level("WARNING", logger="vaultd.storage"):
+        store = open_storage("sqlite", {"path": str(data)})
+    assert isinstance(store, FileStorage)
+    assert store.get("logical/abc/secret") == b"ciphertext"
+    assert not (data / "vaultd.db").exists()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"found file-backend data in {data}; serving it with the file backend; "
+        "run vaultd operator migrate to move it to sqlite"
+    ]
+
+
+def test_sqlite_database_wins_over_file_data(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Once ``vaultd.db`` exists (after ``operator migrate``), sqlite serves
+    the directory, whatever file-backend data is left beside it."""
+    data = file_server_dir(tmp_path)
+    SqliteStorage(str(data)).put("migrated", b"1")
+    with caplog.at_level("WARNING", logger="vaultd.storage"):
+        store = open_storage("sqlite", {"path": str(data)})
+    assert isinstance(store, SqliteStorage) and store.get("migrated") == b"1"
+    assert store.get("logical/abc/secret") is None
+    assert not caplog.records
+
+
+@pytest.mark.parametrize("layout", ["missing", "empty", "uninitialised file store"])
+def test_sqlite_without_file_data_is_sqlite(tmp_path: Path, layout: str) -> None:
+    data = tmp_path / "lib"
+    if layout == "empty":
+        data.mkdir()
+    elif layout == "uninitialised file store":
+        with FileStorage(str(data)).lock("x"):  # leaves the lock directory
+            pass
+        (data / "core").mkdir(exist_ok=True)
+    store = open_storage("sqlite", {"path": str(data)})
+    assert isinstance(store, SqliteStorage)
+    store.put("k", b"v")
+    assert (data / "vaultd.db").is_file()
+    assert stat.S_IMODE((data / "vaultd.db").stat().st_mode) == 0o600

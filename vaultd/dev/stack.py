@@ -1,7 +1,9 @@
 """``make run``: the whole auto-unsealing stack on one machine.
 
 Starts a KMS emulator (moto, key kept in ``.vaultd/kms-dev-key.json``),
-``vaultd server`` with ``seal "awskms"`` and file storage in ``.vaultd/data``,
+``vaultd server`` with ``seal "awskms"`` and sqlite storage in ``.vaultd/data``
+(a ``.vaultd/data`` left by an older ``make run`` with the file backend is
+still served with it, as the daemon does for any file-backend directory),
 and ``vaultd-unsealer``.  On the first run it initialises the server and
 keeps the recovery keys and root token in ``.vaultd/init.json`` (0600).
 Ctrl-C stops everything; the next run comes back unsealed with the same data.
@@ -27,7 +29,7 @@ from vaultd.dev.ports import free_port
 
 CONFIG = """\
 # Written by vaultd.dev.stack (make run, make bench) on every start.
-storage "file" {{
+storage "{storage}" {{
   path = "{data}"
 }}
 
@@ -55,14 +57,17 @@ log_level     = "info"
 """
 
 
-def render_config(data: Path, address: str, emulator: kms.DevKms, *, agent_socket: Path | None = None) -> str:
-    """The config of a one-machine stack: file storage in ``data``, a plain
+def render_config(
+    data: Path, address: str, emulator: kms.DevKms, *, agent_socket: Path | None = None, storage: str = "sqlite"
+) -> str:
+    """The config of a one-machine stack: ``storage`` (the package's default,
+    sqlite, unless told; ``make bench`` also measures file) in ``data``, a plain
     HTTP loopback listener at ``address``, the awskms seal against the dev
     emulator, and the agent on a unix socket (by default ``run/unseal.sock``
     beside ``data``, in the stack's state directory).  ``make bench`` uses it too."""
     socket_path = agent_socket or data.parent / "run" / "unseal.sock"
     return CONFIG.format(
-        data=data, address=address, region=kms.REGION, access_key=kms.ACCESS_KEY,
+        storage=storage, data=data, address=address, region=kms.REGION, access_key=kms.ACCESS_KEY,
         secret_key=kms.SECRET_KEY, key_id=kms.ALIAS, endpoint=emulator.endpoint, agent_socket=socket_path,
     )
 

@@ -13,9 +13,12 @@ encrypts it):
 - KV v1: the secret at its own path, so ``LIST`` is a storage list.
 - KV v2: ``config``; ``meta/<path>`` holds the key's metadata and the state
   of every kept version; ``versions/<path>/<n>`` holds version ``n``'s data.
-  A data read is two gets; a write puts the version before the metadata
-  that points at it, so a crash can orphan data but never leave metadata
-  pointing at nothing.
+  A data read is two gets.  Every logical change is one
+  ``storage.transaction``: a write's version, its metadata and the deletes
+  of the versions it prunes land together (all or nothing on ``sqlite``).
+  The ops are ordered for backends that apply them one by one (``file``):
+  the version before the metadata that points at it, so a crash there can
+  orphan data but never leave metadata pointing at nothing.
 
 Every read-modify-write runs under ``storage.lock(meta/<path>)`` (or
 ``config``): gunicorn workers are separate processes, and two concurrent
@@ -44,10 +47,10 @@ from vaultd.engines.fields import (
     to_duration_seconds,
     to_int,
 )
-from vaultd.errors import BadRequest, MethodNotAllowed, NotFound, StorageError, VaultError
+from vaultd.errors import BadRequest, MethodNotAllowed, NotFound, VaultError
 from vaultd.logical import Operation, Request, Response
 from vaultd.logical import clean_path as logical_clean_path
-from vaultd.storage.base import Storage
+from vaultd.storage.base import Delete, Op, Put, Storage
 from vaultd.storage.cache import DecodeMemo
 
 UNSUPPORTED = "unsupported operation"
@@ -517,8 +520,11 @@ class KVv2(Engine):
         raw = self.storage.get(self._meta_key(key))
         return None if raw is None else _KeyMeta.from_json(key, raw)
 
-    def _save_meta(self, meta: _KeyMeta) -> None:
-        self.storage.put(self._meta_key(meta.key), meta.to_json())
+    def _save_meta(self, meta: _KeyMeta, *, before: list[Op] | None = None, after: list[Op] | None = None) -> None:
+        """Write the metadata, with the version puts ``before`` it and the
+        deletes ``after`` it, as one transaction."""
+        ops: list[Op] = [*(before or ()), Put(self._meta_key(meta.key), meta.to_json()), *(after or ())]
+        self.storage.transaction(ops)
 
     def _load_config(self) -> _Config:
         return _Config.from_json(self.storage.get("config"))
@@ -654,7 +660,6 @@ class KVv2(Engine):
         The caller holds the key's lock."""
         now = self.clock()
         number = meta.current_version + 1
-        self.storage.put(self._version_key(meta.key, number), _encode(data))
         version = _Version(created=now, deleted=self._auto_deletion(now, config, meta))
         meta.current_version = number
         meta.versions[number] = version
@@ -669,16 +674,12 @@ class KVv2(Engine):
             for old in range(meta.oldest_version, last + 1):
                 meta.versions.pop(old, None)
             meta.oldest_version = last + 1
-        self._save_meta(meta)
-        warnings: list[str] = []
-        try:
-            for old in pruned:
-                self.storage.delete(self._version_key(meta.key, old))
-        except StorageError:
-            # The new version is committed; failing the request now would
-            # make the client retry a write that succeeded.
-            warnings.append("error occurred when cleaning up old versions; their data may remain in storage")
-        return meta.version_info(number, version), warnings
+        self._save_meta(
+            meta,
+            before=[Put(self._version_key(meta.key, number), _encode(data))],
+            after=[Delete(self._version_key(meta.key, old)) for old in pruned],
+        )
+        return meta.version_info(number, version), []
 
     @staticmethod
     def _auto_deletion(now: int, config: _Config, meta: _KeyMeta) -> int | None:
@@ -742,9 +743,7 @@ class KVv2(Engine):
             doomed = [n for n in dict.fromkeys(numbers) if n in meta.versions]
             for number in doomed:
                 meta.versions[number].destroyed = True
-            self._save_meta(meta)
-            for number in doomed:
-                self.storage.delete(self._version_key(key, number))
+            self._save_meta(meta, after=[Delete(self._version_key(key, number)) for number in doomed])
         return Response()
 
     # ---- subkeys/
@@ -853,9 +852,10 @@ class KVv2(Engine):
             meta = self._load_meta(key)
             if meta is None:
                 return Response()
-            self.storage.delete(self._meta_key(key))
-            for number in meta.versions:
-                self.storage.delete(self._version_key(key, number))
+            self.storage.transaction([
+                Delete(self._meta_key(key)),
+                *(Delete(self._version_key(key, number)) for number in meta.versions),
+            ])
         return Response()
 
     # ---- config

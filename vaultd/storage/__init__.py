@@ -2,15 +2,42 @@
 
 from __future__ import annotations
 
+import logging
+import os
+
 from vaultd.storage.base import Storage
 from vaultd.storage.file import FileStorage
 from vaultd.storage.inmem import InmemStorage
-from vaultd.storage.sqlite import SqliteStorage
+from vaultd.storage.sqlite import DB_NAME, SqliteStorage
 from vaultd.storage.view import StorageView
 
 SUPPORTED_KINDS = ("file", "inmem", "sqlite")
 
-__all__ = ["SUPPORTED_KINDS", "FileStorage", "InmemStorage", "SqliteStorage", "Storage", "StorageView", "open_storage"]
+__all__ = [
+    "SUPPORTED_KINDS", "FileStorage", "InmemStorage", "SqliteStorage", "Storage", "StorageView", "holds_file_data",
+    "open_storage",
+]
+
+log = logging.getLogger("vaultd.storage")
+
+FILE_DATA_MARKER = os.path.join("core", "_seal-config")
+"""Where the file backend keeps the seal config (key ``core/seal-config``),
+which ``operator init`` writes first: a directory holding it holds an
+initialised file-backend store."""
+
+
+def holds_file_data(path: str) -> bool:
+    """Whether ``path`` is a file-backend store and not (yet) a sqlite one.
+
+    The package's default config moved from ``file`` to ``sqlite`` on the
+    same directory, and dpkg replaces an unmodified conffile on upgrade: an
+    existing server would come back up on an empty database, uninitialised,
+    its secrets out of sight.  Once ``vaultd.db`` exists (a new install, or
+    ``operator migrate`` has run) the directory is sqlite's.
+    """
+    if os.path.exists(os.path.join(path, DB_NAME)):
+        return False
+    return os.path.isfile(os.path.join(path, FILE_DATA_MARKER))
 
 
 def open_storage(kind: str, options: dict[str, str]) -> Storage:
@@ -22,6 +49,14 @@ def open_storage(kind: str, options: dict[str, str]) -> Storage:
         path = options.get("path")
         if not path:
             raise ValueError(f'storage "{kind}" requires a "path" option')
-        return FileStorage(path) if kind == "file" else SqliteStorage(path)
+        if kind == "file":
+            return FileStorage(path)
+        if holds_file_data(path):
+            log.warning(
+                "found file-backend data in %s; serving it with the file backend; "
+                "run vaultd operator migrate to move it to sqlite", path,
+            )
+            return FileStorage(path)
+        return SqliteStorage(path)
     supported = ", ".join(f'"{name}"' for name in SUPPORTED_KINDS)
     raise ValueError(f'unsupported storage type "{kind}"; supported types: {supported}')

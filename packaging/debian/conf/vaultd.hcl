@@ -5,8 +5,13 @@
 # After editing:  systemctl restart vaultd
 # log_level and the TLS certificate/key files are re-read by:  systemctl reload vaultd
 
-# Encrypted data and the wrapped keys live here (systemd's StateDirectory).
-storage "file" {
+# Encrypted data and the wrapped keys live here (systemd's StateDirectory),
+# in one SQLite database, /var/lib/vaultd/vaultd.db.  A directory that holds
+# data of the file backend (the default before sqlite) and no vaultd.db is
+# served with the file backend, with a warning at start: upgrades keep their
+# data.  To move it to sqlite, stop vaultd and run "vaultd operator migrate"
+# (see the README).  storage "file" { path = "..." } stays supported.
+storage "sqlite" {
   path = "/var/lib/vaultd"
 }
 
