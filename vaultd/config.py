@@ -503,3 +503,51 @@ _SCALARS = {
     "workers": _set_workers,
     "threads": _set_threads,
 }
+
+
+@dataclass
+class MigrationConfig:
+    """A ``vaultd operator migrate`` file: Vault's ``storage_source`` and
+    ``storage_destination`` blocks, each a disk backend (``inmem`` would copy
+    to or from nothing that outlives the command)."""
+
+    source: StorageConfig
+    destination: StorageConfig
+
+
+MIGRATION_STORAGE_TYPES = ("file", "sqlite")
+
+
+def load_migration_config(path: str) -> MigrationConfig:
+    """Read and check a migration file; errors name the file, line and key
+    as :func:`load_config` does, and unknown top-level keys are warned about
+    (Vault's migrator reads only its two stanzas)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(path, None, None, f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, None, None, "not UTF-8 text") from None
+    is_json = path.endswith(".json") or text.lstrip().startswith("{")
+    try:
+        items = parse_json(text) if is_json else parse_hcl(text)
+    except SourceSyntaxError as exc:
+        raise ConfigError(path, exc.line, None, f"syntax error: {exc.reason}") from None
+    b = _Builder(path, items, False)
+    found: dict[str, StorageConfig] = {}
+    for item in items:
+        at = _At(item, (item.key,))
+        if item.key not in ("storage_source", "storage_destination"):
+            b.warn_unknown(at)
+            continue
+        for block_at, kind, body in b.blocks(at):
+            if item.key in found:
+                b.fail(block_at, f"exactly one {item.key} block is required")
+            if kind not in MIGRATION_STORAGE_TYPES:
+                b.fail(block_at, f"unsupported storage type {kind!r} (supported: {', '.join(MIGRATION_STORAGE_TYPES)})")
+            found[item.key] = b.storage(block_at, kind, body)
+    for stanza in ("storage_source", "storage_destination"):
+        if stanza not in found:
+            example = f'{stanza} "file" {{ path = "..." }}'
+            raise ConfigError(path, None, stanza, f"exactly one {stanza} block is required, e.g. {example}")
+    return MigrationConfig(found["storage_source"], found["storage_destination"])

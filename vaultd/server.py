@@ -42,10 +42,11 @@ from vaultd.core.core import Core, CoreSettings
 from vaultd.core.lifecycle import InitRequest
 from vaultd.core.router import new_mount
 from vaultd.core.seal_state import SharedSealState
+from vaultd.errors import StorageError
 from vaultd.hardening import disable_core_dumps
 from vaultd.logging import log_event, route_to_root, set_log_level, setup_logging
 from vaultd.seal.base import AutoSeal
-from vaultd.storage import open_storage
+from vaultd.storage import open_storage, serverlock
 from vaultd.storage.base import Storage
 
 log = logging.getLogger("vaultd.server")
@@ -477,7 +478,10 @@ def serve(args: argparse.Namespace) -> int:
     notify = Notifier.connect()
     try:
         physical, shared, settings = build(config)
-    except (ConfigError, ValueError) as exc:
+        if config.storage.type in ("file", "sqlite"):
+            # Held for the master's life: `operator migrate` refuses to run under it.
+            serverlock.hold_for_server(config.storage.options["path"])
+    except (ConfigError, ValueError, StorageError) as exc:
         print(f"Error starting vaultd: {exc}", file=sys.stderr)
         return 1
     try:
@@ -521,10 +525,19 @@ def main(argv: list[str] | None = None) -> int:
     server.add_argument("-dev", "--dev", action="store_true", help="in-memory, unsealed development server")
     server.add_argument("-dev-listen-address", "--dev-listen-address", default="127.0.0.1:8200")
     sub.add_parser("version", help="print the version")
+    operator = sub.add_parser("operator", help="offline operator commands").add_subparsers(dest="action", required=True)
+    migrate = operator.add_parser("migrate", help="copy the store between storage backends, offline")
+    migrate.add_argument("-config", "--config", required=True,
+                         help="HCL file with storage_source and storage_destination blocks")
+    migrate.add_argument("-reset", "--reset", action="store_true", help="clear a non-empty destination first")
     args = parser.parse_args(argv)
     if args.command == "version":
         print(f"vaultd v{__version__}")
         return 0
+    if args.command == "operator":
+        from vaultd import migrate as migrator  # only this command needs it
+
+        return migrator.main(args.config, reset=args.reset)
     if not args.dev and not args.config:
         parser.error("server needs --config FILE or --dev")
     return serve(args)
