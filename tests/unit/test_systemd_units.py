@@ -101,7 +101,7 @@ def test_hardening(name: str) -> None:
     assert not any(key.startswith("Environment") and key != "EnvironmentFile" for key in service)
 
 
-@pytest.mark.parametrize("name", ["vaultd.service", "vaultd-unsealer.service"])
+@pytest.mark.parametrize("name", ["vaultd.service", "vaultd-unsealer.service", "vaultd-snapshot.service"])
 def test_exposure_score(name: str) -> None:
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
@@ -140,7 +140,8 @@ def test_shipped_config_is_valid_and_shamir(tmp_path: Path) -> None:
 
     shipped = ROOT / "packaging/debian/conf/vaultd.hcl"
     config = load_config(str(shipped))
-    assert config.storage.type == "file" and config.storage.options["path"] == "/var/lib/vaultd"
+    # New installs default to sqlite (issue 11); an upgrade keeps an edited config.
+    assert config.storage.type == "sqlite" and config.storage.options["path"] == "/var/lib/vaultd"
     assert [item.address for item in config.listeners] == ["127.0.0.1:8200"]
     assert config.seal is None
     assert run_has_auto_seal(shipped).returncode == 1
@@ -154,3 +155,33 @@ def test_shipped_config_is_valid_and_shamir(tmp_path: Path) -> None:
     config = load_config(str(tmp_path / "auto.hcl"))
     assert config.seal is not None and config.seal.type == "awskms"
     assert config.seal.options["kms_key_id"] == "alias/vaultd"
+
+
+def test_snapshot_timer_saves_daily_with_a_root_only_token() -> None:
+    """The backup pair: a daily timer (shipped disabled, see the rules) that
+    starts a oneshot running the vaultctl command that exists, with the token
+    handed over as a credential from a root-only file, never in the unit."""
+    from vaultd.cli.main import COMMANDS
+
+    timer = unit("vaultd-snapshot.timer")
+    assert timer["Timer"]["OnCalendar"] == ["daily"] and timer["Timer"]["Persistent"] == ["true"]
+    assert timer["Install"]["WantedBy"] == ["timers.target"]
+    service = unit("vaultd-snapshot.service")
+    assert "Install" not in service  # static: only the timer starts it
+    body = service["Service"]
+    assert body["Type"] == ["oneshot"]
+    assert body["LoadCredential"] == ["token:/etc/vaultd/snapshot.token"]
+    assert service["Unit"]["ConditionPathExists"] == ["/etc/vaultd/snapshot.token"]
+    assert not any("VAULT_TOKEN=" in v for v in body.get("Environment", []))
+    command = body["ExecStart"][0]
+    assert "vaultctl operator snapshot save -renew-token" in command and "/var/backups/vaultd/" in command
+    assert ("operator", "snapshot", "save") in COMMANDS
+    assert body["ReadWritePaths"] == ["/var/backups/vaultd"]
+    assert body["UMask"] == ["0077"] and body["ProtectSystem"] == ["strict"] and body["CapabilityBoundingSet"] == [""]
+    rules = (ROOT / "packaging/debian/rules").read_text()
+    for name in ("vaultd-snapshot.service", "vaultd-snapshot.timer"):
+        assert f"systemd/{name} debian/vaultd/lib/systemd/system/{name}" in rules
+    disabled = next(line for line in rules.splitlines() if "--no-enable" in line)
+    assert "vaultd-snapshot.timer" in disabled
+    enabled = next(line for line in rules.splitlines() if "--no-restart-after-upgrade" in line and "dh_" in line)
+    assert "vaultd-snapshot" not in enabled

@@ -17,6 +17,7 @@ from vaultd.api import (
     sys_policy,
     sys_remount,
     sys_seal,
+    sys_snapshot,
     sys_vaultd,
     sys_wrapping,
 )
@@ -41,7 +42,7 @@ def create_app(core: Core, *, max_request_size: int | None = DEFAULT_MAX_REQUEST
     app.extensions["vaultd.core"] = core
     # The system blueprints first; the logical catch-all takes the rest.
     blueprints = (sys_init.bp, sys_seal.bp, sys_health.bp, sys_mounts.bp, sys_auth.bp, sys_policy.bp, sys_remount.bp,
-                  sys_wrapping.bp, sys_leases.bp, sys_vaultd.bp, auth_token.bp)
+                  sys_wrapping.bp, sys_leases.bp, sys_vaultd.bp, sys_snapshot.bp, auth_token.bp)
     for blueprint in (*blueprints, logical.bp):
         app.register_blueprint(blueprint)
     app.extensions[logical.SYSTEM_ROUTES] = logical.system_routes(app.url_map)
