@@ -159,14 +159,19 @@ class Config:
     ui: bool = False
 
 
-def load_config(path: str, *, dev: bool = False) -> Config:
-    """Read and check a config file; JSON if the name ends in ``.json``."""
+def _read_text(path: str) -> str:
+    """A config file's text, or the ConfigError that names why not."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(path, None, None, f"cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(path, None, None, "not UTF-8 text") from None
+
+
+def load_config(path: str, *, dev: bool = False) -> Config:
+    """Read and check a config file; JSON if the name ends in ``.json``."""
+    text = _read_text(path)
     config = parse_config(text, path, dev=dev)
     config.path = path
     return config
@@ -522,12 +527,7 @@ def load_migration_config(path: str) -> MigrationConfig:
     """Read and check a migration file; errors name the file, line and key
     as :func:`load_config` does, and unknown top-level keys are warned about
     (Vault's migrator reads only its two stanzas)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(path, None, None, f"cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(path, None, None, "not UTF-8 text") from None
+    text = _read_text(path)
     is_json = path.endswith(".json") or text.lstrip().startswith("{")
     try:
         items = parse_json(text) if is_json else parse_hcl(text)
