@@ -65,22 +65,6 @@ def open_backend(stanza: str, storage: StorageConfig) -> Storage:
     raise MigrationError(f"{stanza}: unsupported storage type {storage.type!r}")
 
 
-def all_keys(storage: Storage) -> Iterator[str]:
-    """Every key, in order."""
-    if isinstance(storage, SqliteStorage):
-        yield from storage.keys()
-        return
-    yield from _walk(storage, "")
-
-
-def _walk(storage: Storage, prefix: str) -> Iterator[str]:
-    for child in storage.list(prefix):
-        if child.endswith("/"):
-            yield from _walk(storage, prefix + child)
-        else:
-            yield prefix + child
-
-
 def _check_source(storage: StorageConfig) -> None:
     """The source must exist: opening a backend would create an empty one,
     and a migration of nothing would "succeed"."""
@@ -146,7 +130,7 @@ def _clear(destination: Storage, keys: list[str]) -> None:
 
 
 def _verify(source: Storage, destination: Storage, keys: list[str], out: TextIO) -> None:
-    copied = list(all_keys(destination))
+    copied = list(destination.keys())
     if copied != keys:
         raise MigrationError(f"verification failed: the source has {len(keys)} keys, the destination {len(copied)}")
     progress = Progress(out, len(keys), "Verifying")
@@ -163,14 +147,14 @@ rename: hidden, so the file backend never lists it."""
 
 
 def _copy(source: Storage, destination: Storage, *, reset: bool, where: str, out: TextIO) -> int:
-    existing = list(all_keys(destination))
+    existing = list(destination.keys())
     if existing and not reset:
         raise MigrationError(f"storage_destination: {where} is not empty ({len(existing)} keys); "
                              "pass -reset to clear it first")
     if existing:
         out.write(f"Clearing {len(existing)} keys from the destination (-reset)...\n")
         _clear(destination, existing)
-    keys = list(all_keys(source))
+    keys = list(source.keys())
     out.write(f"Copying {len(keys)} keys...\n")
     out.flush()
     progress = Progress(out, len(keys), "Copying")

@@ -50,7 +50,7 @@ def open_store(kind: str, path: Path) -> Storage:
 
 def dump(storage: Storage) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
-    for key in migrate.all_keys(storage):
+    for key in storage.keys():
         value = storage.get(key)
         assert value is not None
         out[key] = value

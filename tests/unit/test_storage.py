@@ -467,3 +467,11 @@ def test_sqlite_without_file_data_is_sqlite(tmp_path: Path, layout: str) -> None
     store.put("k", b"v")
     assert (data / "vaultd.db").is_file()
     assert stat.S_IMODE((data / "vaultd.db").stat().st_mode) == 0o600
+
+
+def test_keys_walks_every_key_in_order(storage: Storage) -> None:
+    for key in ["b", "a/x", "a/y/z", "a.b", "c/d"]:
+        storage.put(key, b"v")
+    assert list(storage.keys()) == ["a.b", "a/x", "a/y/z", "b", "c/d"]
+    assert list(storage.keys("a/")) == ["a/x", "a/y/z"]
+    assert list(storage.keys("nothing/")) == []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from vaultd.core.keyring import Keyring
 from vaultd.crypto import aead
@@ -86,6 +86,10 @@ class Barrier(Storage):
     def list(self, prefix: str) -> list[str]:
         self.keyring  # noqa: B018
         return self._physical.list(prefix)
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        self.keyring  # noqa: B018
+        return self._physical.keys(prefix)
 
     def lock(self, name: str = "") -> contextlib.AbstractContextManager[None]:
         return self._physical.lock(name)

@@ -229,14 +229,8 @@ class PolicyStore:
     def names(self) -> list[str]:
         """Stored policies plus ``default`` (always there), sorted; ``root``
         is added by the list endpoints that show it."""
-        stored = [key for key in self._storage.list("") if not key.endswith("/")]
-        # Policy names may hold "/": walk the folders too.
-        stack = [key for key in self._storage.list("") if key.endswith("/")]
-        while stack:
-            folder = stack.pop()
-            for child in self._storage.list(folder):
-                (stack if child.endswith("/") else stored).append(folder + child)
-        return sorted((set(stored) | {DEFAULT}) - set(IMMUTABLE))
+        # keys(), not list(""): policy names may hold "/".
+        return sorted((set(self._storage.keys()) | {DEFAULT}) - set(IMMUTABLE))
 
     # -- writing ---------------------------------------------------------------
 

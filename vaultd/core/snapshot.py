@@ -75,21 +75,6 @@ def _physical(storage: Storage) -> Storage:
     return getattr(storage, "inner", storage)
 
 
-def all_keys(storage: Storage) -> list[str]:
-    """Every key of ``storage``: the backend's own iterator where it has one,
-    else a walk of ``list``."""
-    keys = getattr(storage, "keys", None)
-    if callable(keys):
-        return list(keys())
-    found: list[str] = []
-    pending = [""]
-    while pending:
-        prefix = pending.pop()
-        for child in storage.list(prefix):
-            (pending if child.endswith("/") else found).append(prefix + child)
-    return sorted(found)
-
-
 # -- save ---------------------------------------------------------------------
 
 
@@ -133,7 +118,7 @@ def _copy_keys(backend: Storage, dest: str) -> None:
         conn.execute(_KV_SCHEMA)
         conn.execute("BEGIN")
         with backend.lock(""):
-            for key in all_keys(backend):
+            for key in backend.keys():
                 value = backend.get(key)
                 if value is not None:
                     conn.execute("INSERT INTO kv (key, value) VALUES (?, ?)", (key, value))
@@ -206,7 +191,7 @@ def check_keys(data: dict[str, bytes], root_key: bytes | None) -> None:
 
 def replacement(storage: Storage, data: dict[str, bytes]) -> list[Op]:
     """The operations that make ``storage`` hold exactly ``data``."""
-    ops: list[Op] = [Delete(key) for key in all_keys(_physical(storage)) if key not in data]
+    ops: list[Op] = [Delete(key) for key in _physical(storage).keys() if key not in data]
     ops.extend(Put(key, value) for key, value in sorted(data.items()))
     return ops
 

@@ -66,6 +66,16 @@ class Storage(abc.ABC):
         can; a backend may always take a coarser lock.
         """
 
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        """Every key under ``prefix``, in order (migration, snapshots, names
+        that hold ``/``).  This default walks :meth:`list`, depth first; a
+        backend that can do better (one query) overrides it."""
+        for child in self.list(prefix):
+            if child.endswith("/"):
+                yield from self.keys(prefix + child)
+            else:
+                yield prefix + child
+
     def transaction(self, ops: Sequence[Op]) -> None:
         """Apply ``ops`` in order, all or nothing (Vault's
         ``physical.Transactional``): one logical change that spans several

@@ -13,7 +13,7 @@ therefore only cause an extra read, never a stale value.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 from vaultd.storage.base import Op, Storage
@@ -89,6 +89,9 @@ class CachedStorage(Storage):
 
     def list(self, prefix: str) -> list[str]:
         return self.inner.list(prefix)
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        return self.inner.keys(prefix)
 
     def lock(self, name: str = "") -> contextlib.AbstractContextManager[None]:
         return self.inner.lock(name)

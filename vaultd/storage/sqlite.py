@@ -292,20 +292,19 @@ class SqliteStorage(Storage):
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
+    def _select_keys(self, prefix: str) -> sqlite3.Cursor:
+        """The keys under ``prefix`` (a checked prefix), in order."""
+        if not prefix:
+            return self._conn().execute("SELECT key FROM kv ORDER BY key")
+        # Every key under "a/b/" sorts between "a/b/" and "a/b0" ('0' follows
+        # '/'), and SQLite compares TEXT as UTF-8 bytes: code point order.
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        return self._conn().execute("SELECT key FROM kv WHERE key > ? AND key < ? ORDER BY key", (prefix, upper))
+
     def list(self, prefix: str) -> list[str]:
         split_prefix(prefix)
         try:
-            if prefix:
-                # Every key under "a/b/" sorts between "a/b/" and "a/b0"
-                # ('0' follows '/'), and SQLite compares TEXT as UTF-8
-                # bytes, which is code point order.
-                upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-                cursor = self._conn().execute(
-                    "SELECT key FROM kv WHERE key > ? AND key < ? ORDER BY key", (prefix, upper)
-                )
-            else:
-                cursor = self._conn().execute("SELECT key FROM kv ORDER BY key")
-            keys = [row[0] for row in cursor]
+            keys = [row[0] for row in self._select_keys(prefix)]
         except sqlite3.Error as exc:
             raise _error("list", exc) from None
         return split_children(keys, prefix)
@@ -344,11 +343,11 @@ class SqliteStorage(Storage):
         except sqlite3.Error as exc:
             raise _error("back up the database", exc) from None
 
-    def keys(self) -> Iterator[str]:
-        """Every key, in order: for migration and verification."""
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        """Every key under ``prefix``, in order, in one query."""
+        split_prefix(prefix)
         try:
-            cursor = self._conn().execute("SELECT key FROM kv ORDER BY key")
-            for row in cursor:
+            for row in self._select_keys(prefix):
                 yield row[0]
         except sqlite3.Error as exc:
             raise _error("list", exc) from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from vaultd.storage.base import Delete, Op, Put, Storage
 from vaultd.storage.keys import split_key, split_prefix
@@ -58,6 +58,11 @@ class StorageView(Storage):
         self._inner.transaction(
             [Put(self._key(op.key), op.value) if isinstance(op, Put) else Delete(self._key(op.key)) for op in ops]
         )
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        split_prefix(prefix)
+        start = len(self._prefix)
+        return (key[start:] for key in self._inner.keys(self._prefix + prefix))
 
     def list(self, prefix: str) -> list[str]:
         split_prefix(prefix)
