@@ -14,6 +14,7 @@ from vaultd.api.http import (
     envelope,
     fields,
     json_body,
+    list_requested,
     no_content,
     system_backend_gate,
 )
@@ -123,7 +124,7 @@ _ROLE_ALIASES = {"period": "token_period", "explicit_max_ttl": "token_explicit_m
 @bp.route("/v1/auth/token/roles", methods=["GET", "LIST"])
 def list_roles() -> ResponseReturnValue:
     c = core()
-    if request.method == "GET" and request.args.get("list", "").lower() not in ("true", "1"):
+    if not list_requested():
         raise MethodNotAllowed("unsupported operation")
     c.check(client_token(), "auth/token/roles", Operation.LIST)
     names = c.token_roles.names()
@@ -163,7 +164,7 @@ def role(role_name: str) -> ResponseReturnValue:
 @bp.route("/v1/auth/token/accessors", methods=["GET", "LIST"])
 def accessors() -> ResponseReturnValue:
     c = core()
-    if request.method == "GET" and request.args.get("list", "").lower() not in ("true", "1"):
+    if not list_requested():
         raise MethodNotAllowed("unsupported operation")
     c.check(client_token(), "auth/token/accessors", Operation.LIST, sudo=True)
     return envelope({"keys": c.tokens.accessors()})

@@ -45,6 +45,14 @@ def token_from_environ(environ: Mapping[str, Any]) -> str | None:
     return None
 
 
+def list_requested() -> bool:
+    """A LIST: the ``LIST`` method, or ``GET`` with ``?list=true`` (Vault
+    takes ``true`` and ``1``), as clients send it when they cannot send LIST."""
+    if request.method == "LIST":
+        return True
+    return request.method == "GET" and request.args.get("list", "").lower() in ("true", "1")
+
+
 def body_bytes() -> bytes:
     """The raw request body, refused with 413 when over ``max_request_size``.
 

@@ -19,7 +19,7 @@ from flask import Blueprint, current_app, request
 from flask.typing import ResponseReturnValue
 from werkzeug.routing import Map
 
-from vaultd.api.http import client_token, core, json_body, logical
+from vaultd.api.http import client_token, core, json_body, list_requested, logical
 from vaultd.errors import MethodNotAllowed, NotFound, VaultError
 from vaultd.logical import Operation, Request
 
@@ -72,14 +72,14 @@ def refuse_options() -> None:
 
 def _operation() -> Operation:
     method = request.method
+    if list_requested():
+        return Operation.LIST
     if method == "GET":
-        return Operation.LIST if request.args.get("list", "").lower() in ("true", "1") else Operation.READ
+        return Operation.READ
     if method in ("POST", "PUT"):
         return Operation.UPDATE
     if method == "DELETE":
         return Operation.DELETE
-    if method == "LIST":
-        return Operation.LIST
     if method == "PATCH":
         content_type = (request.mimetype or "").lower()
         if content_type != MERGE_PATCH:

@@ -3,7 +3,7 @@ of tokens; see ``core/leases.py``."""
 
 from __future__ import annotations
 
-from flask import Blueprint, request
+from flask import Blueprint
 from flask.typing import ResponseReturnValue
 
 from vaultd.api.http import (
@@ -14,6 +14,7 @@ from vaultd.api.http import (
     envelope_body,
     fields,
     json_body,
+    list_requested,
     no_content,
     raw_json,
     system_backend_gate,
@@ -49,7 +50,7 @@ def lookup() -> ResponseReturnValue:
 @bp.route("/v1/sys/leases/lookup/<path:prefix>", methods=["GET", "LIST"])
 @bp.route("/v1/sys/leases/lookup/", methods=["GET", "LIST"], defaults={"prefix": ""})
 def list_leases(prefix: str) -> ResponseReturnValue:
-    if request.method == "GET" and request.args.get("list", "").lower() not in ("true", "1"):
+    if not list_requested():
         raise MethodNotAllowed("unsupported operation")
     core().check(client_token(), f"sys/leases/lookup/{prefix}", Operation.LIST, sudo=True)
     prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"

@@ -14,7 +14,17 @@ import binascii
 from flask import Blueprint, request
 from flask.typing import ResponseReturnValue
 
-from vaultd.api.http import Field, client_token, core, envelope, fields, json_body, no_content, system_backend_gate
+from vaultd.api.http import (
+    Field,
+    client_token,
+    core,
+    envelope,
+    fields,
+    json_body,
+    list_requested,
+    no_content,
+    system_backend_gate,
+)
 from vaultd.core.policy_store import ROOT, normalise_name
 from vaultd.errors import BadRequest, NotFound
 from vaultd.logical import Operation
@@ -41,7 +51,7 @@ def list_legacy() -> ResponseReturnValue:
 
 @bp.route("/v1/sys/policies/acl", methods=["GET", "LIST"])
 def list_acl() -> ResponseReturnValue:
-    if request.method == "GET" and request.args.get("list", "").lower() not in ("true", "1"):
+    if not list_requested():
         raise NotFound("unsupported path")
     return _list(legacy=False)
 
