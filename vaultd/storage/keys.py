@@ -24,6 +24,23 @@ def split_key(key: str) -> list[str]:
     return _segments(key, "storage key")
 
 
+def check_key(key: str) -> None:
+    """:func:`split_key`'s verdict without building the segments: what a
+    backend that stores whole keys (SQLite) needs on every read.  The common
+    key, plain ASCII with no ``..``, is settled by four string scans."""
+    if (
+        isinstance(key, str)
+        and key
+        and key[0] != "/"
+        and key[-1] != "/"
+        and "//" not in key
+        and ".." not in key
+        and key.isascii()
+    ):
+        return
+    split_key(key)
+
+
 def split_prefix(prefix: str) -> list[str]:
     """Segments of a ``list`` prefix: ``""`` or a valid key followed by ``/``."""
     if not isinstance(prefix, str):

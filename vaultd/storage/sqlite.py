@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from vaultd.errors import StorageError
 from vaultd.storage.base import Op, Put, Storage, make_private_dirs, split_children
-from vaultd.storage.keys import split_key, split_prefix
+from vaultd.storage.keys import check_key, split_prefix
 from vaultd.storage.locks import StripedLocks
 
 DB_NAME = "vaultd.db"
@@ -105,13 +105,19 @@ class SqliteStorage(Storage):
         try:
             make_private_dirs(self._root)
             make_private_dirs(lock_dir)
+        except OSError as exc:
+            raise StorageError(f"{_LABEL}: cannot create {self._root}: {exc.strerror}") from exc
+        # Opened for writing here, at start: a database that cannot be
+        # written (a read-only filesystem) is refused now, named, rather
+        # than served with every write failing.
+        try:
             fd = os.open(self._db, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
             try:
                 os.fchmod(fd, FILE_MODE)
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise StorageError(f"{_LABEL}: cannot create {self._root}: {exc.strerror}") from exc
+            raise StorageError(f"{_LABEL}: cannot open {self._db} for writing: {exc.strerror}") from exc
         self._locks = StripedLocks(lock_dir, label=_LABEL)
         # One stripe: the queue every writer of every process joins.
         self._writer = StripedLocks(lock_dir, label=_LABEL, stripes=1, file_prefix="writer-")
@@ -218,7 +224,7 @@ class SqliteStorage(Storage):
     # -- Storage -------------------------------------------------------------
 
     def get(self, key: str) -> bytes | None:
-        split_key(key)
+        check_key(key)
         try:
             row = self._conn().execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
         except sqlite3.Error as exc:
@@ -229,14 +235,14 @@ class SqliteStorage(Storage):
         self.transaction([Put(key, value)])
 
     def delete(self, key: str) -> None:
-        split_key(key)
+        check_key(key)
         self._write(lambda conn: conn.execute("DELETE FROM kv WHERE key = ?", (key,)))
 
     def transaction(self, ops: Sequence[Op]) -> None:
         """All of ``ops`` in one SQLite transaction: one fsync, all or nothing."""
         rows: list[tuple[str, bytes | None]] = []
         for op in ops:
-            split_key(op.key)
+            check_key(op.key)
             rows.append((op.key, bytes(op.value) if isinstance(op, Put) else None))
         if not rows:
             return
@@ -262,11 +268,25 @@ class SqliteStorage(Storage):
             except sqlite3.Error as exc:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-                raise _error("write", exc) from None
+                raise self._write_error(exc) from None
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise
+
+    def _write_error(self, exc: sqlite3.Error) -> StorageError:
+        """A failed write's 500, with the system's cause when SQLite says
+        only "disk I/O error" (it keeps errno to itself): on a disk the
+        kernel made read-only, "Read-only file system".  Found by setting
+        the data directory's times, a write that needs no free space."""
+        error = _error("write", exc)
+        if "I/O" not in str(exc):
+            return error
+        try:
+            os.utime(self._root)
+        except OSError as cause:
+            return StorageError(f"{error} ({cause.strerror})")
+        return error
 
     @staticmethod
     def _begin(conn: sqlite3.Connection, queued: float) -> None:
