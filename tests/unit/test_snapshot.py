@@ -169,6 +169,34 @@ def test_restore_into_the_same_server_gives_exactly_the_snapshot(server: Server)
     assert server.call("GET", "secret/metadata/changed")[1]["data"]["current_version"] == 1
 
 
+def test_restore_waits_for_a_read_modify_write_under_way(server: Server) -> None:
+    """A KV v2 write that read the old metadata under its key's lock (as one
+    in another worker would) must finish before the restore replaces the
+    store; otherwise it writes what it read from the old store into the new.
+    The lock is held here by hand, standing for that write."""
+    server.write("busy", "before")
+    status, data = server.save()
+    assert status == 200
+    server.write("busy", "after")
+    restored = threading.Event()
+    answer: list[Any] = []
+
+    def restore() -> None:
+        answer.append(server.restore(data))
+        restored.set()
+
+    mount_uuid = server.core.router.route("secret/data/busy")[0].uuid  # type: ignore[index]
+    with server.core.physical.lock(f"logical/{mount_uuid}/meta/busy"):
+        worker = threading.Thread(target=restore)
+        worker.start()
+        assert not restored.wait(1.0), "the restore replaced the store under a write's lock"
+        assert server.call("GET", "sys/seal-status")[1]["sealed"] is False
+    worker.join(30)
+    assert answer and answer[0][0] == 204, answer
+    server.unseal()
+    assert server.read("busy") == "before"
+
+
 def test_tokens_without_sudo_or_policy_are_refused(server: Server) -> None:
     no_sudo = server.token_with(NO_SUDO_POLICY)
     assert server.save(no_sudo)[0] == 403

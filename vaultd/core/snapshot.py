@@ -207,9 +207,14 @@ def restore(core: Core, path: str, *, force: bool) -> int:
     ops = replacement(core.physical, data)
     # Sealed first, so that no new request writes between the replacement
     # and the seal; the replacement goes through the cache, which bumps the
-    # shared version of every key it touches.
-    core.lifecycle.seal_now(by_operator=False)
-    core.physical.transaction(ops)
+    # shared version of every key it touches.  Both under the whole-tree
+    # lock: a read-modify-write already under way in another worker (a KV
+    # v2 version, a token change) holds its key's lock, so it either ends
+    # before the replacement or reads the restored store after it, and never
+    # writes what it read from the old store into the new one.
+    with core.physical.lock(""):
+        core.lifecycle.seal_now(by_operator=False)
+        core.physical.transaction(ops)
     for slot in (EPOCH_INIT, EPOCH_KEYRING, EPOCH_MOUNTS, EPOCH_POLICIES):
         core.shared.bump_epoch(slot)
     core.physical.clear()
