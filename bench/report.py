@@ -5,6 +5,11 @@ rounds a mean would be pulled by one noisy run, and the range shows how much
 to trust the median.  The ratio column is vaultd / OpenBao of the medians,
 with the range of the per-round ratios (round *i* of one server against
 round *i* of the other, which ran right after it).
+
+vaultd runs on its default backend (``sqlite``) for the targets; a second
+vaultd on ``file``, when measured, gets its own value and ratio columns, so
+that the gain of the move shows in the same run.  The header names every
+column's backend.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("kv_write.rps", "2. KV v2 write, new version, 16 conn: req/s", "req/s", True, target=True),
     Metric("kv_write.p50", "2. KV v2 write, new version, 16 conn: p50", "ms", False),
     Metric("kv_write.p99", "2. KV v2 write, new version, 16 conn: p99", "ms", False),
-    Metric("kv_read_many.rps", "3. KV v2 read, 10,000 secrets at random, 64 conn: req/s", "req/s", True),
+    Metric("kv_read_many.rps", "3. KV v2 read, {secrets:,} secrets at random, 64 conn: req/s", "req/s", True),
     Metric("token_lookup.rps", "4. token lookup-self, 64 conn: req/s", "req/s", True),
     Metric("restart.seconds", "5. restart to unsealed (exec -> first sys/health 200)", "s", False, target=True),
     Metric("restart.listening", "   of which exec -> first HTTP answer (any status)", "s", False),
@@ -46,9 +51,15 @@ METRICS: tuple[Metric, ...] = (
     Metric("memory.peak_rss", "6. resident memory peak under 1 (RSS sum)", "MiB", False, target=True),
     Metric("memory.idle_pss", "   the same idle, PSS (shared pages counted once)", "MiB", False),
     Metric("memory.peak_pss", "   the same peak under 1, PSS", "MiB", False),
+    Metric("snapshot.seconds", "7. online snapshot of {secrets:,} secrets, streamed to a file", "s", False),
+    Metric("snapshot.size", "   its size", "MiB", False),
 )
+"""Labels may name ``{secrets}``, the number of pre-written secrets."""
 
 SERVERS = (("vaultd", "vaultd"), ("openbao", "OpenBao"))
+COMPARE = "vaultd_file"
+"""vaultd on the comparison backend (bench.servers.Vaultd's key for it)."""
+MISSING = "—"
 
 
 @dataclass(frozen=True)
@@ -73,7 +84,8 @@ def _number(value: float, unit: str) -> str:
     if unit == "s":
         return f"{value:.2f}"
     if unit == "MiB":
-        return f"{value:.0f}"
+        # Memory is hundreds of MiB; a snapshot of a small store under one.
+        return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
     return f"{value:.2f}"
 
 
@@ -96,16 +108,20 @@ def target_text(metric: Metric, ratio: float) -> str:
     return f"≤ 1.0 {'met' if ratio <= 1.0 else 'NOT met'}"
 
 
-def summarise(values: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
-    """values[metric][server] -> per-round list  ⇒  JSON-ready summaries."""
+def summarise(values: dict[str, dict[str, list[float]]], secrets: int = 10_000) -> dict[str, Any]:
+    """values[metric][server] -> per-round list  ⇒  JSON-ready summaries.
+
+    A metric needs both vaultd and OpenBao to get a row; the comparison
+    vaultd adds its summary and ``compare_ratio`` (against OpenBao) where it
+    was measured.  The target is judged on the default backend only."""
     out: dict[str, Any] = {}
     for metric in METRICS:
         per_server = values.get(metric.key, {})
         if not all(per_server.get(key) for key, _ in SERVERS):
             continue
         ratio, spread = ratios(per_server["vaultd"], per_server["openbao"])
-        out[metric.key] = {
-            "label": metric.label.strip(),
+        row: dict[str, Any] = {
+            "label": metric.label.format(secrets=secrets).strip(),
             "unit": metric.unit,
             "higher_is_better": metric.higher_is_better,
             **{key: Summary.of(per_server[key]).to_json() for key, _ in SERVERS},
@@ -113,38 +129,77 @@ def summarise(values: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
             "ratio_rounds": spread.to_json(),
             "target": target_text(metric, ratio) or None,
         }
+        if per_server.get(COMPARE):
+            compare_ratio, compare_spread = ratios(per_server[COMPARE], per_server["openbao"])
+            row[COMPARE] = Summary.of(per_server[COMPARE]).to_json()
+            row["compare_ratio"] = compare_ratio
+            row["compare_ratio_rounds"] = compare_spread.to_json()
+        out[metric.key] = row
     return out
 
 
+def _summary_cell(cell: dict[str, float] | None, unit: str) -> str:
+    if cell is None:
+        return MISSING
+    return _cell(Summary(cell["median"], cell["min"], cell["max"]), unit)
+
+
+def _ratio_cell(ratio: float | None, spread: dict[str, float] | None) -> str:
+    if ratio is None or spread is None:
+        return MISSING
+    return f"{ratio:.2f} ({spread['min']:.2f}-{spread['max']:.2f})"
+
+
 def markdown(summary: dict[str, Any], facts: dict[str, Any], notes: list[str]) -> str:
+    # Results written before the storage fact existed were all on file.
+    storage = facts.get("vaultd_storage", "file")
+    compared = any(COMPARE in row for row in summary.values())
+    other = facts.get("vaultd_compare_storage") or "file"
+    also = f", and on {other} for comparison" if compared else ""
+    order = f"A B C A B C…: vaultd on {storage}, OpenBao, vaultd on {other}" if compared else "A B A B…"
+    snapshots = f"snapshots: {facts['snapshots']} each; " if "snapshots" in facts else ""
     lines = [
         "# vaultd vs OpenBao",
         "",
         f"{facts['date']} · {facts['cores']} cores, {facts['cpu_model']} · Linux {facts['kernel']} · "
-        # Results written before the storage fact existed were all on file.
-        f"vaultd {facts['vaultd_version']} on {facts.get('vaultd_storage', 'file')} "
+        f"vaultd {facts['vaultd_version']} on {storage}{also} "
         f"({facts['vaultd_workers']} workers x {facts['vaultd_threads']} threads, "
         f"Python {facts['python']}, Flask {facts['flask']}, gunicorn {facts['gunicorn']}) · "
         f"{facts['openbao_version']} on raft · {facts['wrk_version']} (--threads {facts['wrk_threads']}, "
         f"{facts['duration_seconds']} s per run)",
         "",
-        f"Medians of {facts['rounds']} rounds (A B A B…) with min-max; restarts: {facts['restarts']} each. "
-        "Ratio = vaultd / OpenBao of the medians, with the range of the per-round ratios.",
+        f"Medians of {facts['rounds']} rounds ({order}) with min-max; {snapshots}restarts: {facts['restarts']} "
+        "each. Ratio = vaultd / OpenBao of the medians, with the range of the per-round ratios.",
         "",
-        "| scenario | vaultd | OpenBao | vaultd / OpenBao | target |",
-        "|---|---:|---:|---:|---|",
     ]
+    if compared:
+        lines += [
+            f"| scenario | vaultd ({storage}) | vaultd ({other}) | OpenBao (raft) | {storage} / OpenBao "
+            f"| {other} / OpenBao | target ({storage}) |",
+            "|---|---:|---:|---:|---:|---:|---|",
+        ]
+    else:
+        lines += [
+            f"| scenario | vaultd ({storage}) | OpenBao (raft) | {storage} / OpenBao | target |",
+            "|---|---:|---:|---:|---|",
+        ]
     for metric in METRICS:
         row = summary.get(metric.key)
         if row is None:
             continue
-        cells = [_cell(Summary(row[key]["median"], row[key]["min"], row[key]["max"]), metric.unit)
-                 for key, _ in SERVERS]
-        spread = row["ratio_rounds"]
-        ratio = f"{row['ratio']:.2f} ({spread['min']:.2f}-{spread['max']:.2f})"
         unit = "" if metric.unit == "req/s" else f" ({metric.unit})"
-        lines.append(f"| {metric.label.strip()}{unit} | {cells[0]} | {cells[1]} | {ratio} | {row['target'] or ''} |")
-    lines += ["", "Higher is better for req/s; lower is better for latency, restart time and memory.", ""]
+        cells = [f"{row['label']}{unit}", _summary_cell(row["vaultd"], metric.unit)]
+        if compared:
+            cells.append(_summary_cell(row.get(COMPARE), metric.unit))
+        cells += [_summary_cell(row["openbao"], metric.unit), _ratio_cell(row["ratio"], row["ratio_rounds"])]
+        if compared:
+            cells.append(_ratio_cell(row.get("compare_ratio"), row.get("compare_ratio_rounds")))
+        cells.append(row["target"] or "")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Higher is better for req/s; lower is better for latency, restart time, memory and snapshots."]
+    if compared:
+        lines.append(f"{MISSING}: not measured on {other}, to keep the run short.")
+    lines.append("")
     if notes:
         lines += ["Notes:", ""] + [f"- {note}" for note in notes] + [""]
     return "\n".join(lines)

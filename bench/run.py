@@ -1,10 +1,13 @@
 """``make bench``: vaultd against OpenBao, side by side, in one run.
 
-Both servers run at once on loopback (each idle while the other is loaded),
-set up as in production: durable storage, an auto seal, a root token.  Every
-scenario runs for vaultd then OpenBao, round after round (A B A B …), so
-that drift on the machine (page cache, thermal, noisy neighbours) lands on
-both alike:
+The servers run at once on loopback (each idle while another is loaded),
+set up as in production: durable storage, an auto seal, a root token:
+vaultd on ``sqlite`` (the default), OpenBao on ``raft``, and, for
+comparison, a second vaultd on ``file`` (``--no-file`` leaves it out).
+Every scenario runs for each server in turn, round after round (A B C A B
+C …), so that drift on the machine (page cache, thermal, noisy neighbours)
+lands on all alike.  vaultd on ``file`` runs scenarios 1-3 and 7 only, to
+keep the run short:
 
 1. KV v2 read of one secret, 64 connections: req/s, p50, p99; and the same
    read with a non-root token whose policy holds 20 rules (1b).
@@ -15,6 +18,8 @@ both alike:
    200, with vaultd's agent already running and OpenBao's static seal.
 6. Resident memory of all of a server's processes: idle after 1-4, and the
    peak while scenario 1 runs.
+7. Online snapshot of the 10,000 secrets (``GET sys/storage/raft/snapshot``
+   streamed to a file), right after the prefill: seconds and size.
 
 The table goes to stdout and ``bench/results/latest.md``; every round's raw
 numbers and the machine's facts to ``bench/results/latest.json``.
@@ -54,23 +59,35 @@ class Load:
     env: dict[str, str] = field(default_factory=dict)
     app_token: bool = False
     """Read with a non-root token whose policy holds 20 rules, not root."""
+    compare: bool = False
+    """Also run on vaultd's comparison backend (``file``)."""
 
 
 def loads(secrets: int) -> list[Load]:
     return [
-        Load("kv_read", "KV v2 read, one secret", "secret/data/bench/one", "read.lua", 64),
+        Load("kv_read", "KV v2 read, one secret", "secret/data/bench/one", "read.lua", 64, compare=True),
         Load("kv_read_policy", "KV v2 read, 20-rule policy", "secret/data/bench/one", "read.lua", 64,
              app_token=True),
-        Load("kv_write", "KV v2 write", "secret/data/bench/write", "write.lua", 16),
+        Load("kv_write", "KV v2 write", "secret/data/bench/write", "write.lua", 16, compare=True),
         Load(
             "kv_read_many", f"KV v2 read, {secrets:,} secrets", f"secret/data/{MANY_PREFIX}0", "random_read.lua", 64,
-            env={"BENCH_PREFIX": f"/v1/secret/data/{MANY_PREFIX}", "BENCH_COUNT": str(secrets)},
+            env={"BENCH_PREFIX": f"/v1/secret/data/{MANY_PREFIX}", "BENCH_COUNT": str(secrets)}, compare=True,
         ),
         Load("token_lookup", "token lookup-self", "auth/token/lookup-self", "read.lua", 64),
     ]
 
 
 _started = time.monotonic()
+
+
+def is_comparison(server: Server) -> bool:
+    """vaultd on a backend other than the default: measured for the table's
+    comparison column, not for the targets."""
+    return isinstance(server, Vaultd) and server.storage != Vaultd.DEFAULT_STORAGE
+
+
+def runs(server: Server, load: Load) -> bool:
+    return load.compare or not is_comparison(server)
 
 
 def say(message: str) -> None:
@@ -107,10 +124,13 @@ def measure_loads(servers: list[Server], args: argparse.Namespace, results: Resu
     say(f"warm-up: {args.warmup:.0f} s of each scenario on each server")
     for load in scenarios:
         for server in servers:
-            run_load(server, load, args, args.warmup)
+            if runs(server, load):
+                run_load(server, load, args, args.warmup)
     for round_number in range(1, args.rounds + 1):
         for load in scenarios:
             for server in servers:
+                if not runs(server, load):
+                    continue
                 if load.key == "kv_read":
                     with procs.PeakSampler(server.roots) as sampler:
                         result = run_load(server, load, args, args.duration)
@@ -119,7 +139,7 @@ def measure_loads(servers: list[Server], args: argparse.Namespace, results: Resu
                 else:
                     result = run_load(server, load, args, args.duration)
                 say(
-                    f"round {round_number} {load.title:<24} {server.name:<8} {result.requests_per_second:9,.0f} req/s"
+                    f"round {round_number} {load.title:<24} {server.name:<15} {result.requests_per_second:9,.0f} req/s"
                     f"  p50 {result.p50 * 1e3:7.1f} ms  p99 {result.p99 * 1e3:7.1f} ms"
                     + (f"  non-2xx {result.non_2xx}" if result.non_2xx else "")
                     + (f"  socket errors {result.errors}" if result.errors else "")
@@ -151,13 +171,33 @@ def measure_idle(servers: list[Server], args: argparse.Namespace, results: Resul
         say(f"{server.name}: {procs.measure(server.roots()).processes} processes")
 
 
+def measure_snapshots(servers: list[Server], args: argparse.Namespace, results: Results) -> None:
+    """Scenario 7, A B C per take.  A server whose snapshot fails gets a
+    note and no cell, rather than ending a run of many minutes."""
+    failed: set[str] = set()
+    for number in range(1, args.snapshots + 1):
+        for server in servers:
+            if server.key in failed:
+                continue
+            try:
+                seconds, size = server.snapshot()
+            except (ServerError, OSError) as exc:
+                failed.add(server.key)
+                results.notes.append(f"{server.name}: no snapshot timed ({str(exc)[:200]})")
+                say(f"snapshot {number} {server.name:<15} failed: {exc}")
+                continue
+            results.add("snapshot.seconds", server, seconds)
+            results.add("snapshot.size", server, size / MIB)
+            say(f"snapshot {number} {server.name:<15} {seconds:.2f} s, {size / MIB:.2f} MiB")
+
+
 def measure_restarts(servers: list[Server], args: argparse.Namespace, results: Results) -> None:
     for number in range(1, args.restarts + 1):
         for server in servers:
             listening, unsealed = server.restart_to_unsealed()
             results.add("restart.seconds", server, unsealed)
             results.add("restart.listening", server, listening)
-            say(f"restart {number:2d} {server.name:<8} listening after {listening:.3f} s, "
+            say(f"restart {number:2d} {server.name:<15} listening after {listening:.3f} s, "
                 f"unsealed after {unsealed:.3f} s")
             time.sleep(args.restart_pause)
 
@@ -170,6 +210,9 @@ def facts(servers: list[Server], args: argparse.Namespace) -> dict[str, Any]:
         **report.machine_facts(),
         "vaultd_version": by_key["vaultd"].version(),
         "vaultd_storage": getattr(by_key["vaultd"], "storage", "file"),
+        "vaultd_compare_storage": next(
+            (server.storage for server in servers if isinstance(server, Vaultd) and is_comparison(server)), None
+        ),
         "vaultd_workers": os.cpu_count(),
         "vaultd_threads": DEFAULT_THREADS,
         "openbao_version": by_key["openbao"].version(),
@@ -180,6 +223,7 @@ def facts(servers: list[Server], args: argparse.Namespace) -> dict[str, Any]:
         "warmup_seconds": args.warmup,
         "restarts": args.restarts,
         "secrets": args.secrets,
+        "snapshots": args.snapshots,
     }
 
 
@@ -196,7 +240,8 @@ def running(servers: list[Server], workdir: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        for server in servers:
+        # Last started, first stopped: a vaultd sharing another's KMS emulator goes before it.
+        for server in reversed(servers):
             try:
                 server.close()
                 say(f"stopped {server.name}")
@@ -215,15 +260,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per scenario (default 2)")
     parser.add_argument("--restarts", type=int, default=10, help="timed restarts per server (default 10)")
     parser.add_argument("--restart-pause", type=float, default=0.5, help=argparse.SUPPRESS)
-    parser.add_argument("--secrets", type=int, default=10_000, help="secrets for scenario 3 (default 10000)")
+    parser.add_argument("--secrets", type=int, default=10_000, help="secrets for scenarios 3 and 7 (default 10000)")
+    parser.add_argument("--snapshots", type=int, default=3, help="timed snapshots per server (default 3)")
+    parser.add_argument("--no-file", action="store_true", help="leave out vaultd on file storage (the comparison)")
     parser.add_argument("--idle-settle", type=float, default=3.0, help=argparse.SUPPRESS)
     parser.add_argument("--idle-samples", type=int, default=5, help=argparse.SUPPRESS)
     parser.add_argument("--wrk-threads", type=int, default=os.cpu_count() or 2, help="wrk threads (default: cores)")
     parser.add_argument("--workdir", type=Path, default=HERE / ".work", help="scratch state, wiped at start")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="where latest.md/json go")
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.restarts < 1 or args.secrets < 1 or args.duration < 1:
-        parser.error("--rounds, --restarts, --secrets and --duration must be at least 1")
+    if args.rounds < 1 or args.restarts < 1 or args.secrets < 1 or args.duration < 1 or args.snapshots < 1:
+        parser.error("--rounds, --restarts, --secrets, --snapshots and --duration must be at least 1")
     return args
 
 
@@ -234,7 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(args.workdir, ignore_errors=True)
     workdir = private_dir(args.workdir)
     logdir = private_dir(workdir / "logs")
-    servers: list[Server] = [Vaultd(workdir, logdir), OpenBao(workdir, logdir)]
+    # The A B pair of the targets stays adjacent; the comparison comes third.
+    vaultd = Vaultd(workdir, logdir)
+    servers: list[Server] = [vaultd, OpenBao(workdir, logdir)]
+    if not args.no_file:
+        servers.append(Vaultd(workdir, logdir, storage="file", kms_of=vaultd))
+    main_servers = [server for server in servers if not is_comparison(server)]
     results = Results()
     with running(servers, workdir):
         for server in servers:
@@ -244,14 +296,15 @@ def main(argv: list[str] | None = None) -> int:
             server.app_token = server.policy_token(20)
             took = server.prefill(MANY_PREFIX, args.secrets)
             say(f"{server.name}: wrote {args.secrets:,} secrets in {took:.1f} s ({args.secrets / took:,.0f}/s)")
+        measure_snapshots(servers, args, results)
         measure_loads(servers, args, results)
         measure_idle(servers, args, results)
         load_findings = {server.key: server.findings() for server in servers}
-        measure_restarts(servers, args, results)
+        measure_restarts(main_servers, args, results)
         machine = facts(servers, args)
     for server in servers:
         for line in load_findings[server.key][:10]:
-            results.notes.append(f"{server.name} logged during scenarios 1-4: `{line[:300]}`")
+            results.notes.append(f"{server.name} logged during scenarios 1-4 and 7: `{line[:300]}`")
         restart_only = [line for line in server.findings() if line not in load_findings[server.key]]
         for line in restart_only[:10]:
             results.notes.append(f"{server.name} logged during restarts: `{line[:300]}`")
@@ -260,10 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     if load_at_start[0] >= 1.0:
         results.notes.append(
             f"the machine was busy before the run (1-minute load average {load_at_start[0]:.1f} on "
-            f"{machine['cores']} cores): absolute numbers are low and noisy; the A B alternation keeps the "
+            f"{machine['cores']} cores): absolute numbers are low and noisy; taking the servers in turn keeps the "
             "ratios fairer than the absolutes"
         )
-    summary = report.summarise(results.values)
+    summary = report.summarise(results.values, args.secrets)
     machine["total_seconds"] = round(time.monotonic() - _started, 1)
     table = report.markdown(summary, machine, results.notes)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,8 @@
 Both get durable storage and an auto seal, so that a restart comes back
 unsealed with nobody typing keys, and both are reached on loopback only:
 
-* vaultd: ``sqlite`` storage (the package's default; ``file`` when asked,
-  for comparison), ``seal "awskms"`` against the development KMS
+* vaultd: ``sqlite`` storage (the package's default), and a second vaultd
+  on ``file`` for comparison, ``seal "awskms"`` against the development KMS
   emulator (:mod:`vaultd.dev.kms`, in this process), and its unsealer agent;
   worker count and threads left at their defaults.
 * OpenBao: ``raft`` storage (it has no file backend that is still
@@ -47,6 +47,28 @@ AWS_ENV_VARS = (
 
 class ServerError(RuntimeError):
     """A server did not start, initialise or answer as expected."""
+
+
+SNAPSHOT_PATH = "sys/storage/raft/snapshot"
+"""Vault's online snapshot endpoint: OpenBao's raft snapshot, and vaultd's
+SQLite snapshot of whatever backend it runs on."""
+
+
+def stream_to_file(session: requests.Session, url: str, target: Path, chunk: int = 1 << 20) -> int:
+    """GET ``url`` into the new private file ``target`` as it arrives (a
+    snapshot of a large store need not fit in this process's memory);
+    returns the bytes written.  Not fsynced: the time measured is the
+    server's, not this disk's flush.  A non-200 answer is a ServerError."""
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    written = 0
+    with os.fdopen(fd, "wb") as out, session.get(url, stream=True, timeout=WAIT) as response:
+        if response.status_code != 200:
+            # An error body never holds the token: safe to show.
+            raise ServerError(f"GET {url}: {response.status_code} {response.text[:300]}")
+        for piece in response.iter_content(chunk):
+            out.write(piece)
+            written += len(piece)
+    return written
 
 
 def private_dir(path: Path) -> Path:
@@ -248,6 +270,18 @@ class Server(ABC):
                 future.result()
         return time.perf_counter() - started
 
+    def snapshot(self) -> tuple[float, int]:
+        """Time one online snapshot, from the request to its last byte in a
+        file; returns (seconds, bytes).  The file (barrier-encrypted data,
+        but a copy of every secret all the same) is removed at once."""
+        target = self.state / "bench.snap"
+        started = time.perf_counter()
+        try:
+            size = stream_to_file(self.session(), f"{self.url}/v1/{SNAPSHOT_PATH}", target)
+            return time.perf_counter() - started, size
+        finally:
+            target.unlink(missing_ok=True)
+
     def findings(self) -> list[str]:
         """Distinct error lines in the server's logs (digits masked to
         de-duplicate pids and timestamps), for the report's notes."""
@@ -293,35 +327,55 @@ def stop_group(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
 
 class Vaultd(Server):
     """gunicorn master + workers, the unsealer agent, and the KMS emulator
-    (which stands in for AWS and is therefore not counted as the server)."""
+    (which stands in for AWS and is therefore not counted as the server).
+
+    The default backend keeps the key ``vaultd`` (what earlier results
+    called it); any other is ``vaultd_<storage>``, with its own state
+    directory and logs, so that two can run side by side.  Two side by side
+    share one KMS emulator (``kms_of``): moto keeps one backend per process,
+    and a second emulator would point the shared alias at a new key, so the
+    first vaultd's agent could no longer unwrap its key after a restart."""
 
     name = "vaultd"
     key = "vaultd"
+    DEFAULT_STORAGE = "sqlite"
 
-    def __init__(self, workdir: Path, logdir: Path, *, storage: str = "sqlite") -> None:
-        super().__init__(workdir, logdir)
+    def __init__(
+        self, workdir: Path, logdir: Path, *, storage: str = DEFAULT_STORAGE, kms_of: Vaultd | None = None
+    ) -> None:
         self.storage = storage
         """The storage backend, named in the results table's header."""
+        self.name = f"vaultd ({storage})"
+        if storage != self.DEFAULT_STORAGE:
+            self.key = f"vaultd_{storage}"
+        super().__init__(workdir, logdir)
         self.bindir = Path(sys.executable).parent
         self.config = self.state / "vaultd.hcl"
         self.agent: subprocess.Popen[bytes] | None = None
         self.kms: Any = None
+        """The emulator this server started and stops (None when it shares one)."""
+        self.kms_of = kms_of
 
     def start(self) -> None:
         from vaultd.dev import kms
         from vaultd.dev.stack import render_config
 
-        # The emulator's werkzeug would log every KMS call to our stderr.
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self.kms = kms.start(self.state / "kms-dev-key.json")
+        if self.kms_of is not None:
+            if self.kms_of.kms is None:
+                raise ServerError(f"{self.name} shares {self.kms_of.name}'s KMS emulator: start that one first")
+            emulator = self.kms_of.kms
+        else:
+            # The emulator's werkzeug would log every KMS call to our stderr.
+            logging.getLogger("werkzeug").setLevel(logging.ERROR)
+            emulator = self.kms = kms.start(self.state / "kms-dev-key.json")
         text = render_config(
-            private_dir(self.state / "data"), f"127.0.0.1:{self.port}", self.kms, storage=self.storage
+            private_dir(self.state / "data"), f"127.0.0.1:{self.port}", emulator, storage=self.storage
         )
         text += f'api_addr = "http://127.0.0.1:{self.port}"\n'
         write_private(self.config, text.encode())
         self.launch_daemon()
         self.initialise()
-        with open_log(self.logdir / "vaultd-unsealer.log") as log:
+        with open_log(self.logdir / f"{self.key}-unsealer.log") as log:
             self.agent = subprocess.Popen(
                 [str(self.bindir / "vaultd-unsealer"), "--config", str(self.config)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.daemon_env(),
@@ -351,7 +405,7 @@ class Vaultd(Server):
         return __version__
 
     def log_files(self) -> list[Path]:
-        return [self.logdir / "vaultd.log", self.logdir / "vaultd-unsealer.log"]
+        return [self.logdir / f"{self.key}.log", self.logdir / f"{self.key}-unsealer.log"]
 
     def close(self) -> None:
         self.stop_daemon()

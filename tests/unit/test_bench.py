@@ -1,16 +1,22 @@
 """The benchmark harness's own arithmetic: reading wrk's report, the ratio
-column, and finding a server's processes.  A wrong parse would put a wrong
-number in the table without any error, so it is pinned here."""
+column, the table's shape, streaming a snapshot, and finding a server's
+processes.  A wrong parse would put a wrong number in the table without any
+error, so it is pinned here."""
 
 from __future__ import annotations
 
+import http.server
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import requests
 
-from bench import procs, report, wrk
+from bench import procs, report, run, servers, wrk
 
 # A real report of wrk 4.1.0 (Debian bookworm) against a server answering 404.
 REPORT_404 = """\
@@ -89,18 +95,156 @@ def test_targets_depend_on_direction() -> None:
     assert "NOT" in report.target_text(p99, 1.1)
 
 
+FACTS = {
+    "date": "d", "cores": 2, "cpu_model": "cpu", "kernel": "k", "vaultd_version": "v", "vaultd_workers": 2,
+    "vaultd_threads": 8, "python": "3", "flask": "f", "gunicorn": "g", "openbao_version": "o",
+    "wrk_version": "w", "wrk_threads": 2, "duration_seconds": 6, "rounds": 3, "restarts": 10,
+}
+
+
 def test_summary_and_markdown_carry_both_servers() -> None:
     values = {"kv_read.rps": {"vaultd": [900.0, 1000.0, 1100.0], "openbao": [1000.0, 1000.0, 1000.0]}}
     summary = report.summarise(values)
     assert summary["kv_read.rps"]["vaultd"] == {"median": 1000.0, "min": 900.0, "max": 1100.0}
-    facts = {
-        "date": "d", "cores": 2, "cpu_model": "cpu", "kernel": "k", "vaultd_version": "v", "vaultd_workers": 2,
-        "vaultd_threads": 8, "python": "3", "flask": "f", "gunicorn": "g", "openbao_version": "o",
-        "wrk_version": "w", "wrk_threads": 2, "duration_seconds": 6, "rounds": 3, "restarts": 10,
-    }
-    text = report.markdown(summary, facts, ["a note"])
+    text = report.markdown(summary, FACTS, ["a note"])
     assert "| 1. KV v2 read, one secret, 64 conn: req/s | 1,000 (900-1,100) | 1,000 (1,000-1,000) | 1.00" in text
     assert "- a note" in text
+
+
+def _table(text: str) -> list[list[str]]:
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("|")]
+
+
+def test_header_names_each_vaultd_backend_without_the_comparison() -> None:
+    summary = report.summarise({"kv_read.rps": {"vaultd": [1.0], "openbao": [1.0]}})
+    header = _table(report.markdown(summary, {**FACTS, "vaultd_storage": "sqlite"}, []))[0]
+    assert header == ["scenario", "vaultd (sqlite)", "OpenBao (raft)", "sqlite / OpenBao", "target"]
+
+
+def test_file_comparison_gets_its_own_columns_and_ratio() -> None:
+    values = {
+        "kv_write.rps": {"vaultd": [400.0, 500.0, 450.0], "openbao": [500.0, 500.0, 500.0],
+                         "vaultd_file": [200.0, 250.0, 300.0]},
+        # 1b is not run on file: its file cells are empty, not zero.
+        "kv_read_policy.rps": {"vaultd": [3000.0], "openbao": [1500.0]},
+        "snapshot.seconds": {"vaultd": [0.2, 0.3, 0.25], "openbao": [0.5, 0.5, 0.5], "vaultd_file": [1.0, 1.5, 2.0]},
+        "snapshot.size": {"vaultd": [4.5, 4.5, 4.5], "openbao": [2.25, 2.25, 2.25], "vaultd_file": [4.5, 4.5, 4.5]},
+        # Only the comparison measured: no row (the targets need vaultd and OpenBao).
+        "token_lookup.rps": {"vaultd_file": [1.0], "openbao": [1.0]},
+    }
+    summary = report.summarise(values, secrets=10_000)
+    write = summary["kv_write.rps"]
+    assert write["vaultd_file"] == {"median": 250.0, "min": 200.0, "max": 300.0}
+    assert write["compare_ratio"] == pytest.approx(0.5)
+    assert (write["compare_ratio_rounds"]["min"], write["compare_ratio_rounds"]["max"]) == pytest.approx((0.4, 0.6))
+    assert write["ratio"] == pytest.approx(0.9)  # the default backend's ratio is untouched by the comparison
+    assert "NOT met" in write["target"]
+    assert "vaultd_file" not in summary["kv_read_policy.rps"]
+    assert "token_lookup.rps" not in summary
+
+    text = report.markdown(summary, {**FACTS, "vaultd_storage": "sqlite", "vaultd_compare_storage": "file",
+                                     "snapshots": 3}, [])
+    rows = {row[0]: row for row in _table(text)}
+    assert rows["scenario"] == ["scenario", "vaultd (sqlite)", "vaultd (file)", "OpenBao (raft)", "sqlite / OpenBao",
+                                "file / OpenBao", "target (sqlite)"]
+    assert rows["2. KV v2 write, new version, 16 conn: req/s"][1:] == [
+        "450 (400-500)", "250 (200-300)", "500 (500-500)", "0.90 (0.80-1.00)", "0.50 (0.40-0.60)", "≥ 1.0 NOT met"]
+    assert rows["1b. the same with a non-root token, 20 policy rules: req/s"][2] == report.MISSING
+    assert rows["1b. the same with a non-root token, 20 policy rules: req/s"][5] == report.MISSING
+    snapshot = rows["7. online snapshot of 10,000 secrets, streamed to a file (s)"]
+    assert snapshot[1:6] == ["0.25 (0.20-0.30)", "1.50 (1.00-2.00)", "0.50 (0.50-0.50)", "0.50 (0.40-0.60)",
+                             "3.00 (2.00-4.00)"]
+    assert rows["its size (MiB)"][1:4] == ["4.50 (4.50-4.50)", "4.50 (4.50-4.50)", "2.25 (2.25-2.25)"]
+    assert "vaultd v on sqlite, and on file for comparison" in text
+    assert "snapshots: 3 each" in text
+
+
+def test_labels_name_the_secrets_actually_written() -> None:
+    summary = report.summarise({"kv_read_many.rps": {"vaultd": [1.0], "openbao": [1.0]}}, secrets=500)
+    assert summary["kv_read_many.rps"]["label"] == "3. KV v2 read, 500 secrets at random, 64 conn: req/s"
+
+
+def test_memory_keeps_whole_mib_and_small_snapshots_keep_digits() -> None:
+    assert report._number(149.4, "MiB") == "149"
+    assert report._number(12.34, "MiB") == "12.3"
+    assert report._number(0.123, "MiB") == "0.12"
+
+
+def test_file_vaultd_runs_beside_the_default_with_its_own_state_and_logs(tmp_path: Path) -> None:
+    default = servers.Vaultd(tmp_path, tmp_path / "logs")
+    other = servers.Vaultd(tmp_path, tmp_path / "logs", storage="file")
+    assert (default.key, default.name) == ("vaultd", "vaultd (sqlite)")
+    assert (other.key, other.name) == (report.COMPARE, "vaultd (file)")
+    assert default.state != other.state and default.port != other.port
+    assert not set(default.log_files()) & set(other.log_files())
+    assert not run.is_comparison(default) and run.is_comparison(other)
+    only_default = [load.key for load in run.loads(10) if not run.runs(other, load)]
+    assert only_default == ["kv_read_policy", "token_lookup"]
+    assert all(run.runs(default, load) for load in run.loads(10))
+
+
+def test_a_vaultd_sharing_a_kms_needs_the_owner_started_first(tmp_path: Path) -> None:
+    owner = servers.Vaultd(tmp_path, tmp_path / "logs")
+    sharer = servers.Vaultd(tmp_path, tmp_path / "logs", storage="file", kms_of=owner)
+    with pytest.raises(servers.ServerError, match="start that one first"):
+        sharer.start()
+    assert sharer.daemon is None and sharer.kms is None
+
+
+def test_no_file_flag_and_snapshot_takes() -> None:
+    assert run.parse_args([]).no_file is False
+    assert run.parse_args(["--no-file"]).no_file is True
+    assert run.parse_args([]).snapshots == 3
+    with pytest.raises(SystemExit):
+        run.parse_args(["--snapshots", "0"])
+
+
+class _SnapshotHandler(http.server.BaseHTTPRequestHandler):
+    body = os.urandom(3 * 1024 * 1024 + 17)
+
+    def do_GET(self) -> None:
+        if self.headers.get("X-Vault-Token") != "root":
+            self.send_response(403)
+            self.send_header("Content-Length", "26")
+            self.end_headers()
+            self.wfile.write(b'{"errors":["denied"]}     ')
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        for start in range(0, len(self.body), 65536):
+            self.wfile.write(self.body[start:start + 65536])
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def snapshot_server() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SnapshotHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1/{servers.SNAPSHOT_PATH}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_snapshot_is_streamed_to_a_private_file_byte_for_byte(snapshot_server: str, tmp_path: Path) -> None:
+    session = requests.Session()
+    session.headers["X-Vault-Token"] = "root"
+    target = tmp_path / "bench.snap"
+    assert servers.stream_to_file(session, snapshot_server, target, chunk=100_000) == len(_SnapshotHandler.body)
+    assert target.read_bytes() == _SnapshotHandler.body
+    assert target.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_refused_snapshot_is_an_error_not_a_tiny_snapshot(snapshot_server: str, tmp_path: Path) -> None:
+    with pytest.raises(servers.ServerError, match="403"):
+        servers.stream_to_file(requests.Session(), snapshot_server, tmp_path / "bench.snap")
 
 
 def test_memory_covers_children_of_a_root() -> None:
