@@ -213,6 +213,33 @@ def test_full_disk_fails_the_write_keeps_the_data_and_recovers(tmp_path: Path) -
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+def test_a_connection_opened_read_only_is_replaced_after_a_refused_write(tmp_path: Path) -> None:
+    """SQLite opens a database read-only, without a word, when it cannot
+    open it for writing: a thread's first connection made while the
+    filesystem was read-only.  Its first refused write drops it, so that
+    the thread's next write opens a writable one."""
+    store = SqliteStorage(str(tmp_path / "db"))
+    store.put("kept", b"safe")
+    original = store._connect
+    opened: list[str] = []
+
+    def connect_as_on_a_read_only_filesystem() -> sqlite3.Connection:
+        if not opened:
+            opened.append("ro")
+            return sqlite3.connect(f"file:{store.database}?mode=ro", uri=True, isolation_level=None)
+        opened.append("rw")
+        return original()
+
+    store.close()
+    store._connect = connect_as_on_a_read_only_filesystem  # type: ignore[method-assign]
+    with pytest.raises(StorageError, match="cannot write: attempt to write a readonly database"):
+        store.put("new", b"x")
+    store.put("new", b"x")
+    assert store.get("new") == b"x" and store.get("kept") == b"safe"
+    assert opened == ["ro", "rw"]
+    store.close()
+
+
 def test_cache_and_view_pass_transactions_through(tmp_path: Path) -> None:
     class Versions:
         def __init__(self) -> None:

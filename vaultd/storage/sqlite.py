@@ -268,11 +268,24 @@ class SqliteStorage(Storage):
             except sqlite3.Error as exc:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
+                if getattr(exc, "sqlite_errorname", "").startswith("SQLITE_READONLY"):
+                    self._drop_connection(conn)
                 raise self._write_error(exc) from None
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise
+
+    def _drop_connection(self, conn: sqlite3.Connection) -> None:
+        """Close this thread's connection, so that its next use opens a new
+        one.  For a connection SQLite opened read-only (it does, silently,
+        when the database cannot be opened for writing: a read-only
+        filesystem at that moment): it would refuse every write for the
+        rest of the process's life, however writable the file became."""
+        if getattr(self._local, "conn", None) is conn and self._local.pid == os.getpid():
+            self._local.conn = None
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
 
     def _write_error(self, exc: sqlite3.Error) -> StorageError:
         """A failed write's 500, with the system's cause when SQLite says
@@ -280,7 +293,7 @@ class SqliteStorage(Storage):
         kernel made read-only, "Read-only file system".  Found by setting
         the data directory's times, a write that needs no free space."""
         error = _error("write", exc)
-        if "I/O" not in str(exc):
+        if "I/O" not in str(exc) and "readonly" not in str(exc):
             return error
         try:
             os.utime(self._root)
