@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run dev test unit lint bench deb clean system-deps deb-deps e2e-deps _e2e-deps e2e node-deps _node-packages fuzz
+.PHONY: run dev test unit lint bench deb clean system-deps deb-deps e2e-deps _e2e-deps tool-deps _tool-deps e2e node-deps _node-packages fuzz
 
 # Debian packages, installed only when missing (dpkg-query), as root.
 # libsystemd-dev, pkg-config, gcc and python3-dev build systemd-python (the
@@ -12,6 +12,9 @@ STAMP := $(VENV)/.installed
 SYSTEM_PACKAGES := libsystemd-dev pkg-config gcc python3-dev
 DEB_PACKAGES := dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian
 E2E_PACKAGES := debootstrap systemd-container $(DEB_PACKAGES)
+# promtool, which checks the alert rules in docs/monitoring (Debian ships it in
+# the prometheus package; tests/unit/test_monitoring_kit.py skips without it).
+TOOL_PACKAGES := prometheus
 define apt_ensure
 	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 		| grep -q 'install ok installed' || echo $$p; done); \
@@ -43,7 +46,7 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit -q
 
-test: $(STAMP) e2e-deps node-deps
+test: $(STAMP) e2e-deps node-deps tool-deps
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
@@ -111,6 +114,12 @@ e2e-deps:
 
 _e2e-deps:
 	$(call apt_ensure,$(E2E_PACKAGES))
+
+tool-deps:
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory _tool-deps; fi
+
+_tool-deps:
+	$(call apt_ensure,$(TOOL_PACKAGES))
 
 e2e: $(STAMP) e2e-deps
 	$(PY) -m pytest tests/e2e -q -s

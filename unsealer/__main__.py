@@ -15,6 +15,7 @@ from types import FrameType
 from unsealer import exitcodes
 from unsealer.agent import Agent
 from unsealer.client import DaemonClient
+from unsealer.metrics import AgentMetrics
 from unsealer.settings import SettingsError, settings_from_config
 from vaultd.config import ConfigError, load_config
 from vaultd.hardening import disable_core_dumps
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot use the config: %s", exc)
         return exitcodes.CONFIG
 
-    agent = Agent(client, seal, settings)
+    agent = Agent(client, seal, settings, metrics=AgentMetrics(settings.metrics_textfile))
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s", signal.Signals(signum).name)

@@ -41,6 +41,7 @@ import tenacity
 
 from unsealer import exitcodes
 from unsealer.client import DaemonClient, DaemonRefused, DaemonState, DaemonUnavailable, wipe
+from unsealer.metrics import AgentMetrics
 from unsealer.settings import AgentSettings
 from vaultd.agent_channel import UntrustedPeer
 from vaultd.logging import log_event
@@ -108,8 +109,10 @@ class Agent:
         *,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.client = client
+        self.metrics = metrics or AgentMetrics(None)
         self.seal = seal
         self.settings = settings
         self.stop_event = stop or threading.Event()
@@ -134,6 +137,7 @@ class Agent:
                 self._pause()
         except AgentExit as exc:
             name = exitcodes.NAMES.get(exc.code, "?")
+            self.metrics.exiting(name)
             log_event(log, "unseal_failed", "%s; exiting with code %d (%s)", exc, exc.code, name,
                       exit_code=exc.code, exit_name=name)
             return exc.code
@@ -152,7 +156,9 @@ class Agent:
             reraise=True,
         )
         try:
-            return retrying(self._attempt)
+            outcome = retrying(self._attempt)
+            self.metrics.healthy()
+            return outcome
         except _Stopping:
             return Outcome.STOPPED
         except UntrustedPeer as exc:
@@ -205,9 +211,11 @@ class Agent:
                 ) from None
             # Initialised a moment ago, restarted, or re-sealed: look again.
             raise DaemonUnavailable(str(exc)) from None
+        self.metrics.kms_call()
         try:
             kek = bytearray(self.seal.unwrap(stored))
         except SealError as exc:
+            self.metrics.kms_error(exc.code)
             if exc.permanent:
                 log_event(log, "kms_error", "KMS refused to unwrap the stored key (%s)", exc.code,
                           level=logging.ERROR, kms_error_code=exc.code, attempt=self.attempts, permanent=True)
@@ -225,6 +233,7 @@ class Agent:
         if status.get("sealed") is not False:
             raise DaemonUnavailable("the daemon accepted the key but still reports sealed")
         took = self._clock() - (self._sealed_since or self._clock())
+        self.metrics.unsealed(took)
         log.info("unsealed the daemon (boot %s) in %.3f s since it was first seen sealed", state.boot_id, took)
         self._said_unsealed = True
         return Outcome.UNSEALED
@@ -300,6 +309,8 @@ class Agent:
     def _log_retry(self, retry_state: tenacity.RetryCallState) -> None:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         delay = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        if not isinstance(exc, BootChanged):
+            self.metrics.retry("kms" if isinstance(exc, SealError) else "daemon")
         if isinstance(exc, BootChanged):
             level, cause = logging.INFO, str(exc)
         elif isinstance(exc, SealError):

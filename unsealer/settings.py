@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from unsealer.metrics import DEFAULT_TEXTFILE
 from vaultd.agent_channel import AgentChannel, ChannelError, channel_from_config
 from vaultd.config import Config
 from vaultd.durations import go_duration_seconds
@@ -43,7 +45,7 @@ DEFAULT_TIMEOUT = 10.0
 
 KNOWN_KEYS = frozenset(
     {"address", "ca_file", "initial_backoff", "max_backoff", "poll_interval", "timeout",
-     "allowed_uids", "allowed_gids", "daemon_uids"}
+     "allowed_uids", "allowed_gids", "daemon_uids", "metrics_textfile"}
 )
 
 
@@ -59,6 +61,8 @@ class AgentSettings:
     max_backoff: float = DEFAULT_MAX_BACKOFF
     poll_interval: float = DEFAULT_POLL_INTERVAL
     timeout: float = DEFAULT_TIMEOUT
+    metrics_textfile: str | None = None
+    """Where the agent writes its node_exporter textfile; None for nowhere."""
     channel: AgentChannel | None = None
     """The unix socket channel and whom to trust on it; None for TCP."""
     unix_tls: bool = False
@@ -130,6 +134,7 @@ def settings_from_config(config: Config) -> AgentSettings:
         max_backoff=_seconds(options, "max_backoff", DEFAULT_MAX_BACKOFF),
         poll_interval=_seconds(options, "poll_interval", DEFAULT_POLL_INTERVAL),
         timeout=_seconds(options, "timeout", DEFAULT_TIMEOUT),
+        metrics_textfile=_textfile(options),
         channel=channel if channel.is_unix else None,
         unix_tls=channel.is_unix and bool(config.listeners) and not config.listeners[0].tls_disable,
     )
@@ -140,6 +145,18 @@ def settings_from_config(config: Config) -> AgentSettings:
                     "daemon restarts can pose as it (the agent still sends the key only over loopback or "
                     "TLS); the default unix socket is safer", address)
     return settings
+
+
+def _textfile(options: dict[str, object]) -> str | None:
+    """``metrics_textfile``: a ``*.prom`` path, or "" for none.  Unset, the
+    node_exporter directory Debian's prometheus-node-exporter reads, if
+    this machine has it."""
+    value = options.get("metrics_textfile")
+    if value is None:
+        return DEFAULT_TEXTFILE if os.path.isdir(os.path.dirname(DEFAULT_TEXTFILE)) else None
+    if not isinstance(value, str) or (value and not (os.path.isabs(value) and value.endswith(".prom"))):
+        raise SettingsError("unsealer.metrics_textfile: expected an absolute path ending in .prom, or \"\"")
+    return value or None
 
 
 def _seconds(options: dict[str, object], key: str, default: float) -> float:

@@ -100,6 +100,10 @@ class ListenerConfig:
     """Seconds a client has to send a request's head (Vault's name and default)."""
     http_read_timeout: int = 30
     """Seconds a client has to send a whole request, head and body."""
+    unauthenticated_metrics_access: bool = False
+    """``telemetry { unauthenticated_metrics_access = true }`` in the
+    listener block, as Vault has it: ``sys/metrics`` on this listener needs
+    no token."""
 
 
 @dataclass(repr=False)
@@ -138,6 +142,23 @@ class UnsealerConfig:
         return f"UnsealerConfig(options={redact(self.options)!r})"
 
 
+PROMETHEUS_DEFAULT_RETENTION = 24 * 3600
+
+
+@dataclass
+class TelemetryConfig:
+    """The top-level ``telemetry`` block, read as Vault reads it.
+
+    ``prometheus_retention_time`` is 0 without a block (Vault then answers
+    ``?format=prometheus`` with "prometheus is not enabled"), 24h in a block
+    that does not set it, and 0 again when set to 0.  ``disable_hostname``
+    is accepted; vaultd, like OpenBao, never puts the host name into metric
+    names either way."""
+
+    prometheus_retention_time: int = 0
+    disable_hostname: bool = False
+
+
 @dataclass
 class Config:
     """The whole file.  ``workers`` None means one per CPU; ``path`` is the
@@ -157,6 +178,7 @@ class Config:
     threads: int = DEFAULT_THREADS
     path: str | None = None
     ui: bool = False
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
 
 
 def _read_text(path: str) -> str:
@@ -250,7 +272,7 @@ class _Builder:
     def build(self) -> Config:
         config = Config(storage=StorageConfig("inmem", {}), listeners=[])
         storage_seen: _At | None = None
-        seal_seen = unsealer_seen = False
+        seal_seen = unsealer_seen = telemetry_seen = False
         scalars_seen: set[str] = set()
         for item in self.items:
             at = _At(item, (item.key,))
@@ -277,6 +299,11 @@ class _Builder:
                 if not isinstance(item.value, dict):
                     self.fail(at, "expected a block: unsealer { ... }")
                 config.unsealer = UnsealerConfig(dict(item.value))
+            elif key == "telemetry":
+                if telemetry_seen:
+                    self.fail(at, "only one telemetry block is allowed")
+                telemetry_seen = True
+                config.telemetry = self.telemetry(at, item.value)
             elif key in _SCALARS:
                 if key in scalars_seen:
                     self.fail(at, "set more than once")
@@ -351,6 +378,8 @@ class _Builder:
                 # 0 keeps the default: no deadline at all would let stalled
                 # clients hold connections for ever.
                 setattr(listener, key, self.duration(key_at, value) or getattr(ListenerConfig, key))
+            elif key == "telemetry":
+                listener.unauthenticated_metrics_access = self.listener_telemetry(key_at, value)
             else:
                 self.warn_unknown(key_at)
         if not listener.tls_disable:
@@ -358,6 +387,36 @@ class _Builder:
                 if not getattr(listener, key):
                     self.fail(at.child(key), "TLS is enabled (tls_disable is false) but no file is given")
         return listener
+
+    def telemetry(self, at: _At, body: object) -> TelemetryConfig:
+        if not isinstance(body, dict):
+            self.fail(at, "expected a block: telemetry { ... }")
+        telemetry = TelemetryConfig(prometheus_retention_time=PROMETHEUS_DEFAULT_RETENTION)
+        for key, value in body.items():
+            key_at = at.child(key)
+            if key == "prometheus_retention_time":
+                telemetry.prometheus_retention_time = self.duration(key_at, value)
+            elif key == "disable_hostname":
+                telemetry.disable_hostname = self.boolean(key_at, value)
+            elif key == "unauthenticated_metrics_access":
+                line = self.line(key_at)
+                log.warning("%s:%s: telemetry.unauthenticated_metrics_access belongs in a listener's telemetry "
+                            "block (as in Vault); ignored here", self.source, line if line is not None else "?")
+            else:
+                self.warn_unknown(key_at)
+        return telemetry
+
+    def listener_telemetry(self, at: _At, body: object) -> bool:
+        """The listener's ``telemetry`` block: whether ``sys/metrics`` is open."""
+        if not isinstance(body, dict):
+            self.fail(at, "expected a block: telemetry { ... }")
+        allowed = False
+        for key, value in body.items():
+            if key == "unauthenticated_metrics_access":
+                allowed = self.boolean(at.child(key), value)
+            else:
+                self.warn_unknown(at.child(key))
+        return allowed
 
     def seal(self, at: _At, kind: str, body: dict[str, object]) -> SealConfig:
         if kind not in SEAL_TYPES:

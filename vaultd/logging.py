@@ -73,6 +73,10 @@ EVENTS: dict[str, Event] = {
         Event("agent_channel_refused", "5b0133e4716c4acb8afd03fd272492ab", logging.WARNING,
               "a peer on the agent channel is not who it must be: the agent refused the daemon's socket "
               "(and exits), or the daemon refused a caller of an agent endpoint"),
+        Event("audit_device_failed", "e1b7c3f04a2d4f0c9a55d2b86c1e7f31", logging.ERROR,
+              "an audit device cannot write; requests fail closed unless another device writes"),
+        Event("audit_device_recovered", "3f6a9d2e8b1c4a7e96d05c4b2a1f8e47", logging.INFO,
+              "an audit device that failed writes again"),
     )
 }
 

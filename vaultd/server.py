@@ -26,7 +26,7 @@ import gunicorn.app.base
 import gunicorn.arbiter
 import gunicorn.glogging
 
-from vaultd import __version__, banner
+from vaultd import __version__, banner, metrics
 from vaultd.agent_channel import (
     AgentChannel,
     ChannelError,
@@ -36,6 +36,7 @@ from vaultd.agent_channel import (
     socket_umask,
 )
 from vaultd.api.app import create_app
+from vaultd.api.sys_metrics import ACCESS_CONFIG_KEY, MetricsAccess
 from vaultd.api.sys_vaultd import CHANNEL_CONFIG_KEY
 from vaultd.config import Config, ConfigError, dev_config, load_config
 from vaultd.core.core import Core, CoreSettings
@@ -344,6 +345,7 @@ class VaultdApplication(gunicorn.app.base.BaseApplication):
             "preload_app": False,
             "when_ready": self._when_ready,
             "on_exit": self._on_exit,
+            "child_exit": self._child_exit,
         }
         if self.agent_channel is not None and self.agent_channel.is_unix:
             # gunicorn binds unix sockets under this umask (its default, 0,
@@ -406,15 +408,24 @@ class VaultdApplication(gunicorn.app.base.BaseApplication):
     def _on_exit(self, _arbiter: Any) -> None:
         if self.notifier is not None:
             self.notifier.stopping()
+        metrics.remove_directory(metrics.directory())
+
+    def _child_exit(self, _arbiter: Any, worker: Any) -> None:
+        """A worker is gone: its counts stay in the metrics directory, its
+        live gauges go."""
+        metrics.worker_exited(worker.pid)
 
     def load(self) -> Any:
         """Build the worker's core and app, after the fork, and freeze them
         out of the garbage collector's sweeps as the master froze what it
         had before forking (see :func:`serve`)."""
-        core = Core(self.physical, self.shared, self.settings)
+        # The storage timer is made here, in the worker: the master's own
+        # reads (the notifier's polls) are not requests and are not counted.
+        core = Core(metrics.TimedStorage(self.physical), self.shared, self.settings)
         core.watch_seal()
         app = create_app(core, max_request_size=self.vaultd_config.listeners[0].max_request_size)
         app.config[CHANNEL_CONFIG_KEY] = self.agent_channel
+        app.config[ACCESS_CONFIG_KEY] = MetricsAccess.from_config(self.vaultd_config)
         gc.freeze()
         return app
 
@@ -476,6 +487,12 @@ def serve(args: argparse.Namespace) -> int:
         return 1
     setup_logging(config.log_level)
     notify = Notifier.connect()
+    try:
+        # Before the workers exist, so that they all count into it.
+        metrics.prepare_directory()
+    except OSError as exc:
+        print(f"Error starting vaultd: cannot create the metrics directory: {exc.strerror}", file=sys.stderr)
+        return 1
     try:
         physical, shared, settings = build(config)
         if config.storage.type in ("file", "sqlite"):

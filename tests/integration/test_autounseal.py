@@ -257,6 +257,34 @@ def test_transient_kms_faults_are_retried_then_unsealed(stack: Stack, fault: str
     assert len(stack.agent.lines(r"attempt \d failed: KMS not available")) == 3
 
 
+def test_the_agent_s_textfile_counts_kms_calls_errors_retries_and_the_unseal(stack: Stack, tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    textfile = tmp_path / "vaultd-unsealer.prom"
+    config = stack.agent.config
+    config.write_text(config.read_text().replace("unsealer {\n", f'unsealer {{\n  metrics_textfile = "{textfile}"\n'))
+    _initialised(stack)
+    stack.daemon.stop()
+    stack.kms.fail("ThrottlingException", times=2, operations={"Decrypt"})
+    stack.daemon.start()
+    stack.agent.start()
+    wait_for(stack.daemon.unsealed, "the daemon to be unsealed", timeout=WAIT)
+
+    def values() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = textfile.read_text() if textfile.exists() else ""
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    seen = wait_for(lambda: (v := values()).get(("vaultd_unsealer_unseals_total", ())) == 1 and v,
+                    "the textfile to show the unseal", timeout=WAIT)
+    assert seen[("vaultd_unsealer_kms_calls_total", ())] == 3
+    assert seen[("vaultd_unsealer_kms_errors_total", (("code", "ThrottlingException"),))] == 2
+    assert seen[("vaultd_unsealer_retries_total", (("cause", "kms"),))] == 2
+    assert seen[("vaultd_unsealer_failing", ())] == 0
+    assert seen[("vaultd_unsealer_unseal_duration_seconds", ())] > 0
+    assert textfile.stat().st_mode & 0o777 == 0o644  # node_exporter runs as another user
+
+
 @pytest.mark.parametrize(
     ("code", "exit_code"),
     [

@@ -47,7 +47,8 @@ def test_message_ids_are_unique_128_bit_ids() -> None:
     assert len(set(ids)) == len(ids)
     assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
     assert set(vlog.EVENTS) == {"sealed", "unsealed", "unseal_failed", "kms_error", "operator_seal", "init",
-                                "key_rotation", "agent_channel_refused"}
+                                "key_rotation", "agent_channel_refused", "audit_device_failed",
+                                "audit_device_recovered"}
 
 
 def test_docs_list_every_event_with_its_id_and_priority() -> None:

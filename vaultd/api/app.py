@@ -9,10 +9,12 @@ from werkzeug.exceptions import HTTPException
 from vaultd.api import (
     auth_token,
     logical,
+    sys_audit,
     sys_auth,
     sys_health,
     sys_init,
     sys_leases,
+    sys_metrics,
     sys_mounts,
     sys_policy,
     sys_remount,
@@ -25,6 +27,7 @@ from vaultd.api.fastpath import FastPath
 from vaultd.api.http import add_ignored_warning, error, log_error, log_unexpected
 from vaultd.core.core import Core, client_address
 from vaultd.errors import VaultError
+from vaultd.metrics import RequestMetrics
 
 DEFAULT_MAX_REQUEST_SIZE = 32 * 1024 * 1024
 
@@ -42,7 +45,8 @@ def create_app(core: Core, *, max_request_size: int | None = DEFAULT_MAX_REQUEST
     app.extensions["vaultd.core"] = core
     # The system blueprints first; the logical catch-all takes the rest.
     blueprints = (sys_init.bp, sys_seal.bp, sys_health.bp, sys_mounts.bp, sys_auth.bp, sys_policy.bp, sys_remount.bp,
-                  sys_wrapping.bp, sys_leases.bp, sys_vaultd.bp, sys_snapshot.bp, auth_token.bp)
+                  sys_wrapping.bp, sys_leases.bp, sys_vaultd.bp, sys_snapshot.bp, sys_audit.bp,
+                  sys_metrics.bp, auth_token.bp)
     for blueprint in (*blueprints, logical.bp):
         app.register_blueprint(blueprint)
     app.extensions[logical.SYSTEM_ROUTES] = logical.system_routes(app.url_map)
@@ -52,7 +56,10 @@ def create_app(core: Core, *, max_request_size: int | None = DEFAULT_MAX_REQUEST
     app.after_request(sys_wrapping.wrap_response)
     app.teardown_request(lambda _exc: sys_wrapping.requested_wrap_ttl.set(None))
     app.after_request(add_ignored_warning)
-    app.wsgi_app = FastPath(app.wsgi_app, core)  # type: ignore[method-assign]
+    # The fast path also audits (vaultd.api.auditing) what it or Flask answers.
+    app.wsgi_app = FastPath(app.wsgi_app, core, max_request_size=app.config["MAX_CONTENT_LENGTH"])  # type: ignore[method-assign]
+    # Outermost of all, so that every answer is counted, whoever gave it.
+    app.wsgi_app = RequestMetrics(app.wsgi_app)  # type: ignore[method-assign]
 
     @app.errorhandler(VaultError)
     def vault_error(exc: VaultError) -> ResponseReturnValue:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
 
+from vaultd.api.auditing import AuditMiddleware
 from vaultd.api.http import encode_json, envelope_body, log_error, log_unexpected, logical_body, token_from_environ
 from vaultd.core.core import Core, client_address
 from vaultd.errors import VaultError
@@ -65,11 +66,20 @@ def _eligible(environ: dict[str, Any]) -> str | None:
 class FastPath:
     """WSGI middleware: ``app.wsgi_app = FastPath(app.wsgi_app, core)``."""
 
-    def __init__(self, app: WsgiApp, core: Core) -> None:
+    def __init__(self, app: WsgiApp, core: Core, *, max_request_size: int | None = None) -> None:
         self.app = app
         self.core = core
+        self.audited = AuditMiddleware(self._dispatch, core, max_request_size)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        """With an audit device enabled, every request (this layer's and
+        Flask's) passes the audit; without, the one check costs two reads
+        of shared memory."""
+        if self.core.audit.active():
+            return self.audited(environ, start_response)
+        return self._dispatch(environ, start_response)
+
+    def _dispatch(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = _eligible(environ)
         if path is None:
             return self.app(environ, start_response)

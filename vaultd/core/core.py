@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vaultd.auth.tokenparams import address_in
+from vaultd.core.audit import Audit
 from vaultd.core.barrier import Barrier
 from vaultd.core.lifecycle import InitRequest, Lifecycle
 from vaultd.core.policy import authorize
@@ -97,6 +98,7 @@ class Core:
         self.token_roles = TokenRoles(StorageView(self.barrier, "sys/token/"))
         self.cubbyhole = Cubbyhole(StorageView(self.barrier, "sys/token/"), MountSettings(path=CUBBYHOLE_MOUNT))
         self.wrapping = Wrapping(self)
+        self.audit = Audit(self, shared)
 
     def _token_store(self, barrier: Storage) -> TokenStore:
         return TokenStore(

@@ -59,6 +59,8 @@ EPOCH_INIT = 3
 # Not an epoch but a counter in the same table: barrier encryptions with the
 # active keyring term since this daemon started (sys/key-status).
 COUNTER_ENCRYPTIONS = 4
+# The audit device table (see core/audit.py).
+EPOCH_AUDIT = 5
 
 
 class SharedSealState:

@@ -28,6 +28,16 @@ listener "tcp" {
 
 log_level = "info"
 
+# Prometheus metrics at /v1/sys/metrics?format=prometheus (a token with read
+# on sys/metrics is needed unless the listener has
+#   telemetry { unauthenticated_metrics_access = true }
+# in it).  Alert rules and a Grafana dashboard: /usr/share/vaultd/monitoring/.
+#
+# telemetry {
+#   prometheus_retention_time = "24h"
+#   disable_hostname          = true
+# }
+
 # Without a seal stanza the server uses the shamir seal: after every start,
 # key holders unseal it with "vaultctl operator unseal".
 #

@@ -1,0 +1,84 @@
+"""HMAC-SHA256 of audited values with a device's salt, as Vault writes them.
+
+Vault keeps, per audit device, a random salt in the barrier and writes every
+string of a request's and a response's data (and the tokens) as
+``hmac-sha256:<hex>`` of it.  An operator who holds a token or a value can
+ask ``sys/audit-hash`` for the same HMAC and grep the log for it; someone who
+reads the log alone learns nothing but equality.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+PREFIX = "hmac-sha256:"
+
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})",
+    re.ASCII,
+)
+"""Vault leaves strings that parse as RFC 3339 times in clear (a KV v2
+``created_time`` stays readable); only that exact shape is left out."""
+
+
+def new_salt() -> str:
+    """A fresh salt, in Vault's form (a UUID's text)."""
+    return str(uuid.uuid4())
+
+
+class Hasher:
+    """One device's salt and its HMAC."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, salt: str) -> None:
+        self._key = salt.encode()
+
+    def __call__(self, value: str) -> str:
+        digest = hmac.new(self._key, value.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+        return PREFIX + digest
+
+    def __repr__(self) -> str:  # never the salt
+        return "Hasher(<salt>)"
+
+
+def hash_structure(value: Any, fn: Callable[[str], str]) -> Any:
+    """A copy of a JSON value with every string (but map keys and RFC 3339
+    times) replaced by ``fn`` of it.  Walked with a stack, not recursion:
+    request bodies may nest as deep as the API accepts."""
+    if isinstance(value, str):
+        return _leaf(value, fn)
+    if not isinstance(value, (dict, list)):
+        return value
+    root: Any = {} if isinstance(value, dict) else []
+    pending: list[tuple[Any, Any]] = [(value, root)]
+    while pending:
+        source, target = pending.pop()
+        items = source.items() if isinstance(source, dict) else enumerate(source)
+        for key, item in items:
+            if isinstance(item, dict):
+                copied: Any = {}
+                pending.append((item, copied))
+            elif isinstance(item, list):
+                copied = []
+                pending.append((item, copied))
+            elif isinstance(item, str):
+                copied = _leaf(item, fn)
+            else:
+                copied = item
+            if isinstance(target, dict):
+                target[key] = copied
+            else:
+                target.append(copied)
+    return root
+
+
+def _leaf(value: str, fn: Callable[[str], str]) -> str:
+    if len(value) <= 35 and _RFC3339.fullmatch(value):
+        return value
+    return fn(value)
