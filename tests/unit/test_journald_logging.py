@@ -48,7 +48,8 @@ def test_message_ids_are_unique_128_bit_ids() -> None:
     assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
     assert set(vlog.EVENTS) == {"sealed", "unsealed", "unseal_failed", "kms_error", "operator_seal", "init",
                                 "key_rotation", "agent_channel_refused", "audit_device_failed",
-                                "audit_device_recovered"}
+                                "audit_device_recovered", "generate_root_started", "generate_root_cancelled",
+                                "generate_root_failed", "generate_root_completed"}
 
 
 def test_docs_list_every_event_with_its_id_and_priority() -> None:

@@ -11,6 +11,7 @@ from vaultd.api import (
     logical,
     sys_audit,
     sys_auth,
+    sys_generate_root,
     sys_health,
     sys_init,
     sys_leases,
@@ -45,7 +46,7 @@ def create_app(core: Core, *, max_request_size: int | None = DEFAULT_MAX_REQUEST
     app.extensions["vaultd.core"] = core
     # The system blueprints first; the logical catch-all takes the rest.
     blueprints = (sys_init.bp, sys_seal.bp, sys_health.bp, sys_mounts.bp, sys_auth.bp, sys_policy.bp, sys_remount.bp,
-                  sys_wrapping.bp, sys_leases.bp, sys_vaultd.bp, sys_snapshot.bp, sys_audit.bp,
+                  sys_wrapping.bp, sys_leases.bp, sys_vaultd.bp, sys_snapshot.bp, sys_audit.bp, sys_generate_root.bp,
                   sys_metrics.bp, auth_token.bp)
     for blueprint in (*blueprints, logical.bp):
         app.register_blueprint(blueprint)

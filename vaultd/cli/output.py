@@ -32,11 +32,14 @@ def print_json(value: object) -> None:
     out(json.dumps(value, indent=2))
 
 
-def table(rows: Iterable[tuple[object, ...]], header: tuple[str, ...] = ("Key", "Value")) -> str:
-    """Columns padded like Vault's: a header, a dashed rule, then rows."""
+def table(rows: Iterable[tuple[object, ...]], header: tuple[str, ...] | None = ("Key", "Value")) -> str:
+    """Columns padded like Vault's: a header, a dashed rule, then rows (or
+    the rows alone, with ``header=None``, as Vault's ``columnOutput``)."""
     body = [tuple(value_text(c) if not isinstance(c, str) else c for c in row) for row in rows]
-    lines = [header, tuple("-" * len(h) for h in header), *body]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    lines = [header, tuple("-" * len(h) for h in header), *body] if header else body
+    if not lines:
+        return ""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     rendered = []
     for line in lines:
         cells = [cell.ljust(widths[i] + _GAP) for i, cell in enumerate(line[:-1])]

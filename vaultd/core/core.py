@@ -19,6 +19,7 @@ from typing import Any
 from vaultd.auth.tokenparams import address_in
 from vaultd.core.audit import Audit
 from vaultd.core.barrier import Barrier
+from vaultd.core.generate_root import RootGeneration
 from vaultd.core.lifecycle import InitRequest, Lifecycle
 from vaultd.core.policy import authorize
 from vaultd.core.policy_store import PolicyStore
@@ -99,6 +100,7 @@ class Core:
         self.cubbyhole = Cubbyhole(StorageView(self.barrier, "sys/token/"), MountSettings(path=CUBBYHOLE_MOUNT))
         self.wrapping = Wrapping(self)
         self.audit = Audit(self, shared)
+        self.generate_root = RootGeneration(self.lifecycle, shared, self._mint_root)
 
     def _token_store(self, barrier: Storage) -> TokenStore:
         return TokenStore(
@@ -106,6 +108,11 @@ class Core:
             default_ttl=self.settings.default_lease_ttl,
             max_ttl=self.settings.max_lease_ttl,
         )
+
+    def _mint_root(self) -> str:
+        """A new root token, for generate-root (the quorum already spoke)."""
+        self.begin()
+        return self.tokens.create_root()
 
     def _bootstrap(self, barrier: Barrier, cluster_name: str) -> str:
         """Lay down what an initialised server needs; returns the root token."""

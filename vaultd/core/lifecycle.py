@@ -64,6 +64,12 @@ class SealConfig:
     share_hashes: list[str] = field(default_factory=list)
     """sha256(salt || share) of every share that can unseal, so a share from
     another server is refused when it is submitted, not after the threshold."""
+    recovery_hash: str = ""
+    """sha256(recovery_salt || recovery key) under an auto seal: how
+    generate-root and rekey tell the recovery key when its shares come
+    together, since without break_glass it decrypts nothing.  Empty on
+    servers initialised before it was kept."""
+    recovery_salt: str = ""
 
     @property
     def recovery_seal(self) -> bool:
@@ -261,8 +267,8 @@ class Lifecycle:
                 self.physical.put(STORED_KEY, stored.to_json())
                 recovery_secret = kek if request.break_glass else aead.generate_key()
                 shares = _make_shares(recovery_secret, request.recovery_shares, request.recovery_threshold)
-                if request.break_glass:
-                    _record_verifiers(config, shares)
+                _record_verifiers(config, shares)
+                _record_recovery_hash(config, recovery_secret)
                 result["recovery_keys"] = [s.hex() for s in shares]
                 result["recovery_keys_base64"] = [base64.b64encode(s).decode() for s in shares]
             else:
@@ -499,6 +505,26 @@ def _record_verifiers(config: SealConfig, shares: list[bytes]) -> None:
     salt = secrets.token_bytes(32)
     config.share_salt = base64.b64encode(salt).decode()
     config.share_hashes = [_share_hash(salt, s) for s in shares]
+
+
+def _record_recovery_hash(config: SealConfig, secret: bytes) -> None:
+    salt = secrets.token_bytes(32)
+    config.recovery_salt = base64.b64encode(salt).decode()
+    config.recovery_hash = _share_hash(salt, secret)
+
+
+def is_recovery_key(config: SealConfig, secret: bytes) -> bool:
+    """Whether ``secret`` is the recovery key recorded at init (constant time)."""
+    if not config.recovery_hash:
+        return False
+    digest = _share_hash(base64.b64decode(config.recovery_salt), secret)
+    return hmac.compare_digest(config.recovery_hash, digest)
+
+
+def is_known_share(config: SealConfig, share: bytes) -> bool:
+    """Whether ``share`` is one of the shares made at init (when they were
+    recorded: with two or more shares)."""
+    return _is_known_share(config, share)
 
 
 def _is_known_share(config: SealConfig, share: bytes) -> bool:

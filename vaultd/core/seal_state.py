@@ -30,6 +30,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 log = logging.getLogger("vaultd.seal_state")
 
@@ -44,7 +45,17 @@ MAX_PART_LEN = 64
 MAX_PARTS = 255
 _SLOTS_OFFSET = _PARTS_OFFSET + MAX_PARTS * MAX_PART_LEN
 SLOT_COUNT = 4096
-_SIZE = mmap.PAGESIZE * ((_SLOTS_OFFSET + 8 * SLOT_COUNT) // mmap.PAGESIZE + 1)
+# Ceremonies that gather key shares while the server is unsealed
+# (generate-root; rekey).  Each area: a nonce, the shares submitted so far
+# and one small secret of the ceremony's own (the OTP of generate-root),
+# then its parts.  Shares stay in this locked, undumped memory, never on disk.
+CEREMONY_GENERATE_ROOT = 0
+_CEREMONY_COUNT = 2
+_CEREMONY_HEADER = struct.Struct("<16sHHH2x104s")
+MAX_CEREMONY_EXTRA = 104
+_CEREMONY_AREA = _CEREMONY_HEADER.size + MAX_PARTS * MAX_PART_LEN
+_CEREMONIES_OFFSET = _SLOTS_OFFSET + 8 * SLOT_COUNT
+_SIZE = mmap.PAGESIZE * ((_CEREMONIES_OFFSET + _CEREMONY_COUNT * _CEREMONY_AREA) // mmap.PAGESIZE + 1)
 
 FLAG_UNSEALED = 1
 FLAG_SEALED_BY_OPERATOR = 2
@@ -174,6 +185,10 @@ class SharedSealState:
         self._mm[40:72] = root_key
         struct.pack_into("<d", self._mm, 96, unsealed_at)
         self._clear_parts()
+        # A seal ends every ceremony: shares gathered under one unseal do
+        # not carry over to the next.
+        for area in range(_CEREMONY_COUNT):
+            self.clear_ceremony(area)
 
     def mark_unsealed(self, root_key: bytes) -> None:
         if len(root_key) != 32:
@@ -215,6 +230,49 @@ class SharedSealState:
 
     def reset_progress(self) -> None:
         self._clear_parts()
+
+    # -- ceremonies (callers hold ``locked()``) -------------------------------
+
+    def ceremony(self, area: int) -> Ceremony | None:
+        """The ceremony under way in ``area``, or None."""
+        offset = _CEREMONIES_OFFSET + area * _CEREMONY_AREA
+        nonce, count, length, extra_length, extra = _CEREMONY_HEADER.unpack_from(self._mm, offset)
+        if nonce == bytes(16):
+            return None
+        base = offset + _CEREMONY_HEADER.size
+        parts = [bytes(self._mm[base + i * MAX_PART_LEN : base + i * MAX_PART_LEN + length]) for i in range(count)]
+        return Ceremony(str(uuid.UUID(bytes=nonce)), parts, bytes(extra[:extra_length]))
+
+    def start_ceremony(self, area: int, extra: bytes) -> str:
+        """Begin a ceremony in ``area`` with its secret ``extra``; its nonce."""
+        if len(extra) > MAX_CEREMONY_EXTRA:
+            raise ValueError("ceremony secret does not fit")
+        nonce = uuid.uuid4()
+        _CEREMONY_HEADER.pack_into(self._mm, _CEREMONIES_OFFSET + area * _CEREMONY_AREA,
+                                   nonce.bytes, 0, 0, len(extra), extra)
+        return str(nonce)
+
+    def add_ceremony_part(self, area: int, part: bytes) -> None:
+        offset = _CEREMONIES_OFFSET + area * _CEREMONY_AREA
+        nonce, count, length, extra_length, extra = _CEREMONY_HEADER.unpack_from(self._mm, offset)
+        if nonce == bytes(16):
+            raise ValueError("no ceremony under way")
+        if len(part) > MAX_PART_LEN or count >= MAX_PARTS or (count and len(part) != length):
+            raise ValueError("key share does not fit the ones before it")
+        base = offset + _CEREMONY_HEADER.size + count * MAX_PART_LEN
+        self._mm[base : base + len(part)] = part
+        _CEREMONY_HEADER.pack_into(self._mm, offset, nonce, count + 1, len(part), extra_length, extra)
+
+    def clear_ceremony(self, area: int) -> None:
+        offset = _CEREMONIES_OFFSET + area * _CEREMONY_AREA
+        self._mm[offset : offset + _CEREMONY_AREA] = bytes(_CEREMONY_AREA)
+
+
+@dataclass(frozen=True)
+class Ceremony:
+    nonce: str
+    parts: list[bytes]
+    extra: bytes
 
 
 def _protect(region: mmap.mmap, *, lock_memory: bool) -> None:
