@@ -1,7 +1,7 @@
 """Audit entries, their HMAC, and fail-closed, on an in-process core and app.
 
 The server-level behaviour (several workers, the bao CLI, a full disk,
-SIGHUP) is in tests/integration/test_audit.py."""
+SIGHUP) is in tests/integration/test_audit_server.py."""
 
 from __future__ import annotations
 
