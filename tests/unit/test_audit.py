@@ -219,3 +219,23 @@ def test_fail_closed_refuses_and_changes_nothing_then_recovers(tmp_path: Path,
         # The refused write changed nothing.
         assert answer.status_code == 200 and answer.json["data"]["data"] == {"i": 2}
         assert any("writes again" in r.getMessage() for r in caplog.records)
+
+
+def test_an_unreadable_audit_table_fails_closed(tmp_path: Path) -> None:
+    """A worker that cannot read the table may not know of an enabled
+    device: it refuses rather than serve unaudited, and recovers."""
+    from vaultd.core.audit import TABLE_KEY
+    from vaultd.core.seal_state import EPOCH_AUDIT
+
+    app = App(tmp_path)
+    app.enable("f", {"file_path": str(tmp_path / "a.log")})
+    assert app.call("POST", "secret/data/a", app.root, {"data": {"v": 1}}).status_code == 200
+    table = app.core.barrier.get(TABLE_KEY)
+    assert table is not None
+    app.core.barrier.put(TABLE_KEY, b"{not json")
+    app.core.shared.bump_epoch(EPOCH_AUDIT)
+    refused = app.call("GET", "secret/data/a", app.root)
+    assert refused.status_code == 500 and refused.json == {"errors": ["internal error"]}
+    app.core.barrier.put(TABLE_KEY, table)
+    app.core.shared.bump_epoch(EPOCH_AUDIT)
+    assert app.call("GET", "secret/data/a", app.root).status_code == 200

@@ -98,6 +98,8 @@ class Audit:
         self._epoch = -1
         self._generation = -1
         self._reload_lock = threading.Lock()
+        self._unreadable = False
+        """The table could not be read at the last try: fail closed until it can."""
 
     # -- which devices -------------------------------------------------------
 
@@ -106,7 +108,7 @@ class Audit:
         when auditing is off, two reads of shared memory."""
         if self._epoch == self._shared.epoch(EPOCH_AUDIT) and self._generation == self._shared.generation:
             return bool(self._live)
-        return bool(self._devices())
+        return bool(self._devices()) or self._unreadable
 
     def _devices(self) -> list[_Live]:
         epoch, generation = self._shared.epoch(EPOCH_AUDIT), self._shared.generation
@@ -117,9 +119,14 @@ class Audit:
                 return self._live
             try:
                 rows = self._read_rows()
-            except Exception as exc:  # keep the devices known so far; try again next request
+            except Exception as exc:
+                # Devices may be enabled that this worker does not know of:
+                # serving unaudited would fail open.  Refuse (see _log) and
+                # try again at the next request.
                 log.warning("audit: cannot load the audit table: %s", type(exc).__name__)
+                self._unreadable = True
                 return self._live
+            self._unreadable = False
             self._live = self._build(rows)
             self._epoch, self._generation = epoch, generation
         return self._live
@@ -184,6 +191,8 @@ class Audit:
 
     def _log(self, line_for: Callable[[_Live], bytes]) -> bool:
         devices = self._devices()
+        if self._unreadable and self._shared.unsealed:
+            return False
         if not devices:
             return True
         written = False
