@@ -212,12 +212,15 @@ class Container:
             time.sleep(0.3)
 
     def run(self, *argv: str, check: bool = True, timeout: float = 120.0, input: str | None = None,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        """Run a command inside (all namespaces, a clean environment)."""
+            env: dict[str, str] | None = None, errors: str = "strict") -> subprocess.CompletedProcess[str]:
+        """Run a command inside (all namespaces, a clean environment).
+        ``errors="replace"`` for output that is not all UTF-8 (``journalctl
+        -o export`` writes a multi-line field's length as 8 raw bytes)."""
         variables = {**INSIDE_ENV, **(env or {})}
         command = ["nsenter", "-t", str(self.init_pid), "-a", "env", "-i",
                    *(f"{k}={v}" for k, v in variables.items()), *argv]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, input=input, check=False)
+        result = subprocess.run(command, capture_output=True, text=True, errors=errors, timeout=timeout, input=input,
+                                check=False)
         if check and result.returncode != 0:
             raise ContainerError(
                 f"{' '.join(argv)} exited with {result.returncode}:\n{result.stdout}\n{result.stderr}"

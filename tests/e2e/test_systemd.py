@@ -34,6 +34,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.e2e.audit_steps import audit_file_rotation, audit_syslog
 from tests.e2e.nspawn import Container, booted, control_depends, host_mirror, mirror_reachable, rootfs
 from tests.faultproxy import FaultProxy
 from tests.integration.support import wait_for
@@ -49,6 +50,9 @@ waits past it to show EXTEND_TIMEOUT_USEC keeps a waiting daemon alive."""
 SECRET_VALUE = "e2e-secret-value-4f1d9a"
 AGENT_SOCKET = "/run/vaultd/unseal.sock"
 """The default agent channel: the test's config has no ``unsealer.address``."""
+TEST_PACKAGES = ("logrotate",)
+"""Installed in the container beside the .deb's dependencies: the package
+ships /etc/logrotate.d/vaultd, and the test runs it as cron would."""
 
 
 def _requirements() -> str | None:
@@ -206,7 +210,7 @@ def test_vaultd_under_systemd(tmp_path: Path, kms: tuple[MotoServer, FaultProxy]
     builder.start()
     started = time.monotonic()
     try:
-        lower, fresh = rootfs(control_depends(control), mirror, tmp_path / "debootstrap.log")
+        lower, fresh = rootfs([*control_depends(control), *TEST_PACKAGES], mirror, tmp_path / "debootstrap.log")
     except Exception:
         builder.join()
         if not mirror_reachable(mirror):
@@ -455,10 +459,14 @@ print('consumer saw sealed=' + str(s['sealed'])); sys.exit(1 if s['sealed'] else
     data_intact()
     assert_sqlite_database(c)
 
+    # -- audit devices: syslog into journald, a file rotated by logrotate --------
+    audit_syslog(v, headers, SECRET_VALUE, secrets, report)
+    audit_file_rotation(c, v, headers, secrets, report)
+
     # -- the journal: MESSAGE_IDs, priorities, fields, no secrets ---------------
     entries = [json.loads(line) for line in v.journal("-o", "json").splitlines() if line.strip()]
     check_journal(entries, secrets)
-    raw = c.run("journalctl", "--no-pager", "-o", "export").stdout
+    raw = c.run("journalctl", "--no-pager", "-o", "export", errors="replace").stdout  # the secrets are ASCII
     for secret in secrets:
         assert secret not in raw, "a secret is in the journal"
     report(f"journal: {len(entries)} entries, lifecycle MESSAGE_IDs present, none of "
