@@ -55,6 +55,11 @@ class RequestInfo:
     mount_accessor: str = ""
     client_token_accessor: str = ""
     auth: AuthInfo | None = None
+    rendered: dict[int, tuple[dict[str, Any], dict[str, Any]]] = field(
+        default_factory=dict, repr=False, compare=False)
+    """Each formatter's ``auth`` and ``request`` blocks, made once for the
+    request entry and reused by the response entry (they are the same, and
+    making them HMACs the token, the accessor and every string of the data)."""
 
 
 @dataclass
@@ -78,20 +83,28 @@ class FormatOptions:
     prefix: str = ""
 
 
+_stamp: tuple[int, str] = (-1, "")
+"""The last second formatted: two entries a request, thousands a second."""
+
+
 def _now() -> str:
     """RFC 3339 with nanoseconds in UTC, as Go's ``RFC3339Nano`` writes it
     (trailing zeros of the fraction dropped)."""
+    global _stamp
     ns = time.time_ns()
     seconds, fraction = divmod(ns, 1_000_000_000)
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    cached_second, stamp = _stamp
+    if cached_second != seconds:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _stamp = (seconds, stamp)
     digits = f"{fraction:09d}".rstrip("0")
     return f"{stamp}.{digits}Z" if digits else f"{stamp}Z"
 
 
 def _compact(values: dict[str, Any]) -> dict[str, Any]:
     """Go's ``omitempty``: drop empty strings, zeros, False, None, empty
-    lists and maps."""
-    return {key: value for key, value in values.items() if value not in ("", 0, False, None, [], {})}
+    lists and maps, which for JSON values are exactly the falsy ones."""
+    return {key: value for key, value in values.items() if value}
 
 
 class Formatter:
@@ -177,12 +190,19 @@ class Formatter:
 
     # -- the entries -------------------------------------------------------
 
+    def _blocks(self, request: RequestInfo) -> tuple[dict[str, Any], dict[str, Any]]:
+        blocks = request.rendered.get(id(self))
+        if blocks is None:
+            blocks = request.rendered[id(self)] = (self._auth(request), self._request(request))
+        return blocks
+
     def request_entry(self, request: RequestInfo, *, type_: str = "request", error: str = "") -> dict[str, Any]:
+        auth, block = self._blocks(request)
         return _compact({
             "time": _now(),
             "type": type_,
-            "auth": self._auth(request),
-            "request": self._request(request),
+            "auth": auth,
+            "request": block,
             "error": error,
         })
 
@@ -196,11 +216,12 @@ class Formatter:
             "warnings": response.warnings,
             "wrap_info": self._wrap_info(response.wrap_info),
         })
+        auth, block = self._blocks(request)
         entry = _compact({
             "time": _now(),
             "type": "response",
-            "auth": self._auth(request),
-            "request": self._request(request),
+            "auth": auth,
+            "request": block,
             "error": response.error,
         })
         entry["response"] = body  # Vault's pointer: present even when empty
