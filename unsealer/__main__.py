@@ -57,13 +57,21 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_from_config(config)
         seal = AwsKmsSeal(config.seal.options)
         seal.prepare()
+        # A migration between two KMS keys: the old stanza (disabled) beside
+        # the new one; the agent unwraps with the old until the move is done.
+        old = config.disabled_seal
+        old_seal = None
+        if old is not None and old is not config.seal and old.type == "awskms":
+            old_seal = AwsKmsSeal(old.options)
+            old_seal.prepare()
         client = DaemonClient(settings.address, ca_file=settings.ca_file, timeout=settings.timeout,
                               channel=settings.channel, tls=settings.unix_tls)
     except (SettingsError, AwsKmsConfigError) as exc:
         log.error("cannot use the config: %s", exc)
         return exitcodes.CONFIG
 
-    agent = Agent(client, seal, settings, metrics=AgentMetrics(settings.metrics_textfile))
+    agent = Agent(client, seal, settings, metrics=AgentMetrics(settings.metrics_textfile), old_seal=old_seal,
+                  retired=config.seal.disabled)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s", signal.Signals(signum).name)

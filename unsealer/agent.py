@@ -24,6 +24,17 @@ nothing hammers KMS or fills the journal.
 Two rules come from operators' complaints about sidecar unsealers: the agent
 never initialises a daemon, and it never unseals a run of the daemon that an
 operator sealed (the ``boot_id`` tells runs apart; a restart is a new run).
+
+During a seal migration (the daemon's state says ``migration``) the agent
+follows Vault's rule that nothing auto-unseals, with the exceptions the
+daemon needs: from shamir it stands aside (one journald entry per run of
+the daemon) and keeps watching, to unseal the next run once the operators
+have completed the move; from awskms it unwraps with the old, disabled
+stanza's key and hands it over (to shamir the daemon holds it until the
+recovery keys come; from key A to key B the daemon re-wraps it and unseals).
+Once the daemon uses shamir and this agent's only stanza is the disabled
+one, it has nothing left to do: it says so and exits 0, which systemd's
+``Restart=on-failure`` does not restart.
 """
 
 from __future__ import annotations
@@ -45,7 +56,7 @@ from unsealer.metrics import AgentMetrics
 from unsealer.settings import AgentSettings
 from vaultd.agent_channel import UntrustedPeer
 from vaultd.logging import log_event
-from vaultd.seal.base import AutoSeal, SealError
+from vaultd.seal.base import AutoSeal, SealError, StoredKey
 
 log = logging.getLogger("vaultd.unsealer")
 
@@ -56,6 +67,8 @@ class Outcome(enum.Enum):
     ALREADY_UNSEALED = "already unsealed"
     UNINITIALIZED = "uninitialized"
     SEALED_BY_OPERATOR = "sealed by operator"
+    MIGRATION_PENDING = "seal migration pending"
+    """A seal migration waits for the operators' keys; the agent stands aside."""
     STOPPED = "stopped"
 
 
@@ -65,6 +78,10 @@ class AgentExit(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class StandAside(Exception):
+    """The daemon no longer uses this agent's (disabled) seal: exit 0."""
 
 
 class BootChanged(Exception):
@@ -110,8 +127,15 @@ class Agent:
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
         metrics: AgentMetrics | None = None,
+        old_seal: AutoSeal | None = None,
+        retired: bool = False,
     ) -> None:
+        """``old_seal``: the stanza marked ``disabled`` beside an enabled one
+        (a migration between KMS keys); ``retired``: ``seal`` itself is
+        marked ``disabled`` (a migration to shamir)."""
         self.client = client
+        self.old_seal = old_seal
+        self.retired = retired
         self.metrics = metrics or AgentMetrics(None)
         self.seal = seal
         self.settings = settings
@@ -122,6 +146,7 @@ class Agent:
         self._said_uninitialized = False
         self._said_operator = False
         self._said_unsealed = False
+        self._said_migration = False
         self.attempts = 0
         """KMS-or-daemon attempts made so far, for tests and status."""
 
@@ -135,6 +160,11 @@ class Agent:
             while not self.stop_event.is_set():
                 self.run_episode()
                 self._pause()
+        except StandAside as exc:
+            log_event(log, "unsealer_stood_aside", "%s; exiting (code 0): remove the disabled seal stanza from the "
+                      "config once the migration is done", exc, seal_migration_from=self.seal.type,
+                      seal_migration_to="shamir", boot_id=self._boot_id)
+            return exitcodes.OK
         except AgentExit as exc:
             name = exitcodes.NAMES.get(exc.code, "?")
             self.metrics.exiting(name)
@@ -184,6 +214,11 @@ class Agent:
             log.log(level, "daemon is not initialised; waiting (the agent never initialises it)")
             self._said_uninitialized = True
             return Outcome.UNINITIALIZED
+        if state.migration:
+            return self._migration(state)
+        if state.seal_type == "shamir" and self.retired:
+            raise StandAside(f"the daemon (boot {state.boot_id}) has moved to the shamir seal and this agent's "
+                             f"seal {self.seal.type!r} is disabled: there is nothing left for it to unseal")
         if state.seal_type != self.seal.type:
             raise AgentExit(
                 exitcodes.CONFIG,
@@ -201,6 +236,57 @@ class Agent:
             self._sealed_since = self._clock()
         return self._unseal(state)
 
+    def _migration(self, state: DaemonState) -> Outcome:
+        """What a daemon in seal migration mode needs from the agent."""
+        if not state.sealed:
+            return Outcome.ALREADY_UNSEALED
+        if state.migration_from == "shamir" or state.migration_key_held:
+            if not self._said_migration:
+                if state.migration_from == "shamir":
+                    how = ("operators complete it with operator unseal -migrate and the unseal keys; the agent "
+                           "unseals the daemon's next run")
+                else:
+                    how = "operators complete it with operator unseal -migrate and the recovery keys"
+                log_event(log, "unsealer_stood_aside", "the daemon (boot %s) is migrating from the %s seal to %s: "
+                          "not unsealing it; %s", state.boot_id, state.migration_from, state.migration_to, how,
+                          seal_migration_from=state.migration_from, seal_migration_to=state.migration_to,
+                          boot_id=state.boot_id)
+                self._said_migration = True
+            return Outcome.MIGRATION_PENDING
+        if self._sealed_since is None:
+            self._sealed_since = self._clock()
+        return self._unseal(state)
+
+    def _seals(self, state: DaemonState) -> list[AutoSeal]:
+        """The seals to unwrap with, in order: during a migration away from
+        awskms the old (disabled) one first; otherwise the enabled one.  The
+        other one is the fallback when KMS says the key does not fit (a
+        crash right after the switch, an alias that could not be matched)."""
+        seals = [self.old_seal, self.seal] if state.migration else [self.seal, self.old_seal]
+        return [seal for seal in seals if seal is not None]
+
+    def _unwrap(self, state: DaemonState, stored: StoredKey) -> bytearray:
+        seals = self._seals(state)
+        for index, seal in enumerate(seals):
+            self.metrics.kms_call()
+            try:
+                return bytearray(seal.unwrap(stored))
+            except SealError as exc:
+                self.metrics.kms_error(exc.code)
+                if exc.permanent and exc.code in exitcodes.WRONG_KEY_CODES and index + 1 < len(seals):
+                    log.info("the stored key does not unwrap with %s (%s); trying the other seal stanza",
+                             getattr(seal, "kms_key_id", seal.type), exc.code)
+                    continue
+                if exc.permanent:
+                    log_event(log, "kms_error", "KMS refused to unwrap the stored key (%s)", exc.code,
+                              level=logging.ERROR, kms_error_code=exc.code, attempt=self.attempts, permanent=True)
+                    raise AgentExit(
+                        exitcodes.for_seal_error(exc),
+                        f"KMS refused to unwrap the stored key ({exc.code}): {exc}",
+                    ) from None
+                raise
+        raise AgentExit(exitcodes.CONFIG, "no seal stanza to unwrap with")
+
     def _unseal(self, state: DaemonState) -> Outcome:
         try:
             stored = self.client.stored_key()
@@ -211,25 +297,17 @@ class Agent:
                 ) from None
             # Initialised a moment ago, restarted, or re-sealed: look again.
             raise DaemonUnavailable(str(exc)) from None
-        self.metrics.kms_call()
-        try:
-            kek = bytearray(self.seal.unwrap(stored))
-        except SealError as exc:
-            self.metrics.kms_error(exc.code)
-            if exc.permanent:
-                log_event(log, "kms_error", "KMS refused to unwrap the stored key (%s)", exc.code,
-                          level=logging.ERROR, kms_error_code=exc.code, attempt=self.attempts, permanent=True)
-                raise AgentExit(
-                    exitcodes.for_seal_error(exc),
-                    f"KMS refused to unwrap the stored key ({exc.code}): {exc}",
-                ) from None
-            raise
+        kek = self._unwrap(state, stored)
         try:
             status = self.client.unseal(kek, state.boot_id)
         except DaemonRefused as exc:
             return self._after_refusal(state, exc)
         finally:
             wipe(kek)
+        if status.get("sealed") is not False and state.migration and state.migration_to == "shamir":
+            log.info("handed the disabled %s seal's key to the daemon (boot %s) for its migration to shamir",
+                     state.migration_from, state.boot_id)
+            return Outcome.MIGRATION_PENDING
         if status.get("sealed") is not False:
             raise DaemonUnavailable("the daemon accepted the key but still reports sealed")
         took = self._clock() - (self._sealed_since or self._clock())
@@ -266,6 +344,7 @@ class Agent:
         self._said_uninitialized = False
         self._said_operator = False
         self._said_unsealed = False
+        self._said_migration = False
 
     def _warn_operator(self, state: DaemonState) -> None:
         if not self._said_operator:

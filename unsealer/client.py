@@ -64,6 +64,12 @@ class DaemonState:
     sealed: bool
     seal_type: str
     sealed_by_operator: bool
+    migration: bool = False
+    """A seal migration is under way (see :mod:`vaultd.core.seal_migration`)."""
+    migration_from: str = ""
+    migration_to: str = ""
+    migration_key_held: bool = False
+    """awskms -> shamir: the daemon already holds the old seal's key."""
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> DaemonState:
@@ -74,6 +80,10 @@ class DaemonState:
                 sealed=bool(raw["sealed"]),
                 seal_type=str(raw.get("seal_type") or ""),
                 sealed_by_operator=bool(raw.get("sealed_by_operator", False)),
+                migration=bool(raw.get("migration", False)),
+                migration_from=str(raw.get("migration_from") or ""),
+                migration_to=str(raw.get("migration_to") or ""),
+                migration_key_held=bool(raw.get("migration_key_held", False)),
             )
         except (KeyError, TypeError) as exc:
             raise DaemonUnavailable(f"unexpected state answer: missing {exc}") from None

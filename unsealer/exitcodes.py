@@ -73,6 +73,9 @@ _AUTH_CODES = frozenset(
     }
 )
 _WRONG_KEY_CODES = frozenset({"IncorrectKeyException", "InvalidCiphertextException"})
+WRONG_KEY_CODES = _WRONG_KEY_CODES
+"""KMS codes for "this key did not wrap that ciphertext" (the agent then tries
+the other seal stanza of a migration, if there is one)."""
 _KEY_UNUSABLE_CODES = frozenset(
     {"DisabledException", "NotFoundException", "KMSInvalidStateException", "InvalidKeyUsageException"}
 )

@@ -124,8 +124,9 @@ def unix_socket_path(address: str) -> str | None:
 
 def needs_channel(config: Config) -> bool:
     """The daemon binds the agent socket when there is an agent to serve:
-    an auto seal, or an ``unsealer`` stanza."""
-    auto = config.seal is not None and not config.seal.disabled and config.seal.type not in ("", "shamir")
+    an auto seal, or an ``unsealer`` stanza.  A disabled auto seal counts:
+    during a migration away from it the agent still unwraps with it."""
+    auto = config.seal is not None and config.seal.type not in ("", "shamir")
     return auto or config.unsealer is not None
 
 

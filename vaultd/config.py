@@ -167,6 +167,11 @@ class Config:
     storage: StorageConfig
     listeners: list[ListenerConfig]
     seal: SealConfig | None = None
+    """The seal in use: the enabled stanza, or a lone disabled one (the old
+    seal of a migration to shamir)."""
+    disabled_seal: SealConfig | None = None
+    """The stanza marked ``disabled = "true"``: the seal a migration moves
+    away from (the agent still unwraps with it until the move is done)."""
     unsealer: UnsealerConfig | None = None
     api_addr: str | None = None
     cluster_name: str | None = None
@@ -272,7 +277,8 @@ class _Builder:
     def build(self) -> Config:
         config = Config(storage=StorageConfig("inmem", {}), listeners=[])
         storage_seen: _At | None = None
-        seal_seen = unsealer_seen = telemetry_seen = False
+        unsealer_seen = telemetry_seen = False
+        seals: list[tuple[_At, SealConfig]] = []
         scalars_seen: set[str] = set()
         for item in self.items:
             at = _At(item, (item.key,))
@@ -288,10 +294,7 @@ class _Builder:
                     config.listeners.append(self.listener(block_at, kind, body))
             elif key == "seal":
                 for block_at, kind, body in self.blocks(at):
-                    if seal_seen:
-                        self.fail(block_at, "only one seal block is supported")
-                    seal_seen = True
-                    config.seal = self.seal(block_at, kind, body)
+                    seals.append((block_at, self.seal(block_at, kind, body)))
             elif key == "unsealer":
                 if unsealer_seen:
                     self.fail(at, "only one unsealer block is allowed")
@@ -311,6 +314,7 @@ class _Builder:
                 _SCALARS[key](self, at, item.value, config)
             else:
                 self.warn_unknown(at)
+        self.pick_seals(seals, config)
         if storage_seen is None and not self.dev:
             reason = 'a storage block is required, e.g. storage "file" { path = "..." }'
             raise ConfigError(self.source, None, "storage", reason)
@@ -427,6 +431,21 @@ class _Builder:
         rest = {k: v for k, v in body.items() if k != "disabled"}
         known = AWSKMS_KEYS if kind == "awskms" else ()
         return SealConfig(kind, self.string_options(at, rest, known), disabled)
+
+    def pick_seals(self, seals: list[tuple[_At, SealConfig]], config: Config) -> None:
+        """One seal, or two during a seal migration (Vault's rule): the old
+        one marked ``disabled = "true"`` and the new one enabled."""
+        if len(seals) > 2:
+            self.fail(seals[2][0], "at most two seal blocks are allowed: the old (disabled) and the new one")
+        enabled = [(at, s) for at, s in seals if not s.disabled]
+        disabled = [(at, s) for at, s in seals if s.disabled]
+        if len(enabled) > 1:
+            self.fail(enabled[1][0], 'only one seal block may be enabled; to migrate, mark the old one '
+                      'disabled = "true"')
+        if len(disabled) > 1:
+            self.fail(disabled[1][0], "only one seal block may be disabled (the seal a migration leaves)")
+        config.disabled_seal = disabled[0][1] if disabled else None
+        config.seal = enabled[0][1] if enabled else config.disabled_seal
 
     def string_options(self, at: _At, body: dict[str, object], known: tuple[str, ...]) -> dict[str, str]:
         """Vault's ``map[string]string`` block options: scalars become strings."""

@@ -39,6 +39,7 @@ from vaultd.api.app import create_app
 from vaultd.api.sys_metrics import ACCESS_CONFIG_KEY, MetricsAccess
 from vaultd.api.sys_vaultd import CHANNEL_CONFIG_KEY
 from vaultd.config import Config, ConfigError, dev_config, load_config
+from vaultd.core import seal_migration
 from vaultd.core.core import Core, CoreSettings
 from vaultd.core.lifecycle import InitRequest
 from vaultd.core.router import new_mount
@@ -145,6 +146,14 @@ class Notifier:
         if config.unseal_shares:
             with self.shared.locked():
                 progress = len(self.shared.parts())
+        migration = self.core.lifecycle.migration()
+        if migration is not None:
+            shares, threshold = seal_migration.quorum(config, migration)
+            if not shares:
+                return "sealed", "sealed: seal migration, waiting for unsealer"
+            with self.shared.locked():
+                progress = len(self.shared.parts())
+            return "sealed", f"sealed: seal migration, {progress}/{threshold} keys"
         if config.recovery_seal and progress == 0:
             # Break-glass shares being entered show as progress below.
             return "sealed", "sealed: waiting for unsealer"
@@ -442,6 +451,7 @@ def build(config: Config) -> tuple[Storage, SharedSealState, CoreSettings]:
     shared = SharedSealState.create(lock_memory=not config.disable_mlock)
     settings = CoreSettings(
         seal=open_seal(config),
+        disabled_seal_type=config.disabled_seal.type if config.disabled_seal else "",
         cluster_name=config.cluster_name or "",
         storage_type=config.storage.type,
         default_lease_ttl=config.default_lease_ttl,
@@ -507,6 +517,7 @@ def serve(args: argparse.Namespace) -> int:
         print(f"Error starting vaultd: {exc}", file=sys.stderr)
         return 1
     master_core = Core(physical, shared, settings)
+    seal_migration.announce(master_core.lifecycle)
     if args.dev:
         unseal_key, root_token = dev_bootstrap(master_core)
         address = config.listeners[0].address

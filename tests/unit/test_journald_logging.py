@@ -49,7 +49,10 @@ def test_message_ids_are_unique_128_bit_ids() -> None:
     assert set(vlog.EVENTS) == {"sealed", "unsealed", "unseal_failed", "kms_error", "operator_seal", "init",
                                 "key_rotation", "agent_channel_refused", "audit_device_failed",
                                 "audit_device_recovered", "generate_root_started", "generate_root_cancelled",
-                                "generate_root_failed", "generate_root_completed"}
+                                "generate_root_failed", "generate_root_completed",
+                                "rekey_started", "rekey_cancelled", "rekey_failed", "rekey_completed",
+                                "seal_migration_pending", "seal_migration_key_received", "seal_migration_completed",
+                                "seal_migration_failed", "unsealer_stood_aside"}
 
 
 def test_docs_list_every_event_with_its_id_and_priority() -> None:

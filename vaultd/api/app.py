@@ -18,6 +18,7 @@ from vaultd.api import (
     sys_metrics,
     sys_mounts,
     sys_policy,
+    sys_rekey,
     sys_remount,
     sys_seal,
     sys_snapshot,
@@ -47,7 +48,7 @@ def create_app(core: Core, *, max_request_size: int | None = DEFAULT_MAX_REQUEST
     # The system blueprints first; the logical catch-all takes the rest.
     blueprints = (sys_init.bp, sys_seal.bp, sys_health.bp, sys_mounts.bp, sys_auth.bp, sys_policy.bp, sys_remount.bp,
                   sys_wrapping.bp, sys_leases.bp, sys_vaultd.bp, sys_snapshot.bp, sys_audit.bp, sys_generate_root.bp,
-                  sys_metrics.bp, auth_token.bp)
+                  sys_rekey.bp, sys_metrics.bp, auth_token.bp)
     for blueprint in (*blueprints, logical.bp):
         app.register_blueprint(blueprint)
     app.extensions[logical.SYSTEM_ROUTES] = logical.system_routes(app.url_map)

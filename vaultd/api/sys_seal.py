@@ -37,8 +37,6 @@ def seal_status() -> ResponseReturnValue:
 @bp.route("/v1/sys/unseal", methods=["PUT", "POST"])
 def unseal() -> ResponseReturnValue:
     body = fields(json_body(), _UNSEAL_SCHEMA)
-    if body.get("migrate"):
-        raise BadRequest("seal migration is not supported by vaultd yet")
     if body.get("reset"):
         return raw_json(core().lifecycle.reset_progress())
     if not body.get("key"):
@@ -48,7 +46,7 @@ def unseal() -> ResponseReturnValue:
         raise BadRequest("invalid key: key is shorter than minimum 16 bytes")
     if len(key) > 33:
         raise BadRequest("invalid key: key is longer than maximum 33 bytes")
-    return raw_json(core().lifecycle.submit_share(key))
+    return raw_json(core().lifecycle.submit_share(key, migrate=bool(body.get("migrate"))))
 
 
 @bp.route("/v1/sys/seal", methods=["PUT", "POST"])

@@ -32,6 +32,7 @@ from flask.typing import ResponseReturnValue
 
 from vaultd.agent_channel import AgentChannel, peer_credentials
 from vaultd.api.http import Field, core, fields, json_body, raw_json
+from vaultd.core import seal_migration
 from vaultd.errors import BadRequest, PermissionDenied
 from vaultd.logging import log_event
 
@@ -89,6 +90,7 @@ def state() -> ResponseReturnValue:
     lifecycle = c.lifecycle
     lifecycle.refresh()
     config = lifecycle.seal_config()
+    migration = lifecycle.migration()
     return raw_json(
         {
             "boot_id": c.shared.boot_id,
@@ -96,6 +98,12 @@ def state() -> ResponseReturnValue:
             "sealed": lifecycle.barrier.sealed,
             "seal_type": config.type if config else lifecycle.seal_type,
             "sealed_by_operator": c.shared.sealed_by_operator,
+            # A seal migration under way: the agent stands aside (from
+            # shamir) or unwraps with the old, disabled seal (from awskms).
+            "migration": migration is not None,
+            "migration_from": migration.from_type if migration else "",
+            "migration_to": migration.to_type if migration else "",
+            "migration_key_held": seal_migration.key_held(lifecycle) if migration else False,
         }
     )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from vaultd.cli import generate_root, kv, operator, secrets, snapshot, token
+from vaultd.cli import generate_root, kv, operator, rekey, secrets, snapshot, token
 from vaultd.cli.base import Command, Context, Failure
 from vaultd.cli.flags import EXIT_USAGE, UsageError, parse
 from vaultd.cli.output import err, out
@@ -18,8 +18,8 @@ EXIT_UNKNOWN = 127
 
 COMMANDS: dict[tuple[str, ...], Command] = {
     c.path: c
-    for c in (*operator.COMMANDS, *generate_root.COMMANDS, *snapshot.COMMANDS, *kv.COMMANDS, *secrets.COMMANDS,
-              *token.COMMANDS)
+    for c in (*operator.COMMANDS, *generate_root.COMMANDS, *rekey.COMMANDS, *snapshot.COMMANDS, *kv.COMMANDS,
+              *secrets.COMMANDS, *token.COMMANDS)
 }
 
 

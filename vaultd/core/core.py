@@ -62,6 +62,8 @@ TOKEN_TIDY_INTERVAL = 60.0
 @dataclass
 class CoreSettings:
     seal: AutoSeal | None = None
+    disabled_seal_type: str = ""
+    """The type of the seal stanza marked ``disabled`` (a migration's old seal)."""
     cluster_name: str = ""
     storage_type: str = "inmem"
     default_lease_ttl: int = 768 * 3600
@@ -83,6 +85,7 @@ class Core:
             storage_type=settings.storage_type,
             on_initialised=self._bootstrap,
             on_change=self._drop_caches,
+            disabled_seal_type=settings.disabled_seal_type,
         )
         self.barrier = self.lifecycle.barrier
         self.tokens = self._token_store(self.barrier)

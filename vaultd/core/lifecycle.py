@@ -26,7 +26,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vaultd import __version__
 from vaultd.core.barrier import Barrier
@@ -37,6 +37,9 @@ from vaultd.errors import BadRequest, Sealed
 from vaultd.logging import log_event
 from vaultd.seal.base import AutoSeal, SealError, StoredKey
 from vaultd.storage.base import Storage
+
+if TYPE_CHECKING:
+    from vaultd.core.seal_migration import Migration
 
 log = logging.getLogger("vaultd.core")
 
@@ -70,6 +73,11 @@ class SealConfig:
     together, since without break_glass it decrypts nothing.  Empty on
     servers initialised before it was kept."""
     recovery_salt: str = ""
+    seal_key_id: str = ""
+    """The configured key (awskms: ``kms_key_id``) the stored key was last
+    wrapped with, so a migration between two KMS keys is told from a
+    finished one without asking KMS.  Empty under shamir and on servers
+    initialised before it was kept."""
 
     @property
     def recovery_seal(self) -> bool:
@@ -124,7 +132,10 @@ class Lifecycle:
         storage_type: str = "inmem",
         on_initialised: Callable[[Barrier, str], str] | None = None,
         on_change: Callable[[], None] | None = None,
+        disabled_seal_type: str = "",
     ) -> None:
+        """``disabled_seal_type``: the type of a seal stanza marked
+        ``disabled`` (the seal a migration leaves), "" if none."""
         self.physical = physical
         self.shared = shared
         self.seal = seal
@@ -141,6 +152,13 @@ class Lifecycle:
         self._seen_keyring_epoch = -1
         self._config: SealConfig | None = None
         self._config_epoch = -1
+        self.disabled_seal_type = disabled_seal_type
+        self._migration: tuple[int, Migration | None] = (-1, None)
+        from vaultd.core import seal_migration
+
+        # Before anything reads the seal config: finish a seal migration
+        # that a crash interrupted half-way (file storage; see the module).
+        seal_migration.recover(physical)
 
     # -- what every request calls first -------------------------------------
 
@@ -218,10 +236,19 @@ class Lifecycle:
             # The recovery keys are always Shamir shares (Vault's field,
             # present only under an auto seal).
             status["recovery_seal_type"] = "shamir"
+        migration = self.migration()
+        if config is not None and migration is not None:
+            from vaultd.core import seal_migration
+
+            status |= seal_migration.status_fields(config, migration)
+            if status["recovery_seal"]:
+                status["recovery_seal_type"] = "shamir"
+            else:
+                status.pop("recovery_seal_type", None)
         status |= {
             "version": __version__,
             "commit_date": COMMIT_DATE,
-            "migration": False,
+            "migration": migration is not None,
         }
         if config and not sealed:
             status["cluster_name"] = config.cluster_name
@@ -265,6 +292,7 @@ class Lifecycle:
                               permanent=exc.permanent)
                     raise BadRequest(f"failed to wrap the unseal key with the {self.seal_type} seal: {exc}") from None
                 self.physical.put(STORED_KEY, stored.to_json())
+                config.seal_key_id = str(getattr(self.seal, "kms_key_id", "") or "")
                 recovery_secret = kek if request.break_glass else aead.generate_key()
                 shares = _make_shares(recovery_secret, request.recovery_shares, request.recovery_threshold)
                 _record_verifiers(config, shares)
@@ -300,11 +328,18 @@ class Lifecycle:
 
     # -- unseal ----------------------------------------------------------------
 
-    def submit_share(self, key: bytes) -> dict[str, Any]:
-        """One operator's key share (or, with one share, the whole key)."""
+    def submit_share(self, key: bytes, *, migrate: bool = False) -> dict[str, Any]:
+        """One operator's key share (or, with one share, the whole key);
+        ``migrate``: towards a seal migration (see :mod:`.seal_migration`)."""
         config = self.seal_config()
         if config is None:
             raise BadRequest("Vault is not initialized")
+        migration = self.migration()
+        if migrate or migration is not None:
+            from vaultd.core import seal_migration
+
+            seal_migration.submit_share(self, config, migration, key, migrate)
+            return self.seal_status()
         if config.unseal_shares == 0:
             raise BadRequest(
                 f"this server uses the {config.type} seal and its recovery keys cannot unseal it "
@@ -344,6 +379,12 @@ class Lifecycle:
         config = self.seal_config()
         if config is None:
             raise BadRequest("Vault is not initialized")
+        migration = self.migration()
+        if migration is not None:
+            from vaultd.core import seal_migration
+
+            seal_migration.receive_unwrapped_key(self, config, migration, kek, boot_id)
+            return self.seal_status()
         if not config.recovery_seal:
             raise BadRequest("this server uses the shamir seal; submit key shares to sys/unseal")
         with self.shared.locked():
@@ -358,6 +399,26 @@ class Lifecycle:
                     raise BadRequest("invalid key: expected 32 bytes")
                 self._unseal_locked(kek, by="unsealer")
         return self.seal_status()
+
+    def migration(self) -> Migration | None:
+        """The seal migration the config asks for (a
+        :class:`~vaultd.core.seal_migration.Migration`), or None; cached per
+        seal-config epoch, so a finished migration is seen by every worker."""
+        epoch = self.shared.epoch(EPOCH_INIT)
+        if self._migration[0] == epoch:
+            return self._migration[1]
+        from vaultd.core import seal_migration
+
+        config = self.seal_config()
+        found = None
+        if config is not None:
+            stored_key_id = ""
+            if config.recovery_seal and self.disabled_seal_type and not config.seal_key_id:
+                blob = self.physical.get(STORED_KEY)
+                stored_key_id = StoredKey.from_json(blob).key_id if blob else ""
+            found = seal_migration.detect(config, self.seal, self.disabled_seal_type, stored_key_id)
+        self._migration = (epoch, found)
+        return found
 
     def stored_key(self) -> StoredKey:
         config = self.seal_config()

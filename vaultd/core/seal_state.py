@@ -50,7 +50,17 @@ SLOT_COUNT = 4096
 # and one small secret of the ceremony's own (the OTP of generate-root),
 # then its parts.  Shares stay in this locked, undumped memory, never on disk.
 CEREMONY_GENERATE_ROOT = 0
-_CEREMONY_COUNT = 2
+# Rekey (core/rekey.py): one area per target for the attempt, one for the
+# verification of its new keys.
+CEREMONY_REKEY = 1
+CEREMONY_REKEY_RECOVERY = 2
+CEREMONY_REKEY_VERIFY = 3
+CEREMONY_REKEY_RECOVERY_VERIFY = 4
+# Seal migration awskms -> shamir (core/seal_migration.py): the root key the
+# agent's unwrapped KEK opened, held (as the area's secret) until a quorum
+# of recovery keys authorises the switch.
+CEREMONY_SEAL_MIGRATION = 5
+_CEREMONY_COUNT = 6
 _CEREMONY_HEADER = struct.Struct("<16sHHH2x104s")
 MAX_CEREMONY_EXTRA = 104
 _CEREMONY_AREA = _CEREMONY_HEADER.size + MAX_PARTS * MAX_PART_LEN
@@ -262,6 +272,21 @@ class SharedSealState:
         base = offset + _CEREMONY_HEADER.size + count * MAX_PART_LEN
         self._mm[base : base + len(part)] = part
         _CEREMONY_HEADER.pack_into(self._mm, offset, nonce, count + 1, len(part), extra_length, extra)
+
+    def rewrite_ceremony(self, area: int, extra: bytes, parts: list[bytes] | None = None) -> None:
+        """Replace the secret and the parts of the ceremony in ``area``,
+        keeping its nonce: a rekey that moves on to verifying its new keys
+        keeps the nonce the operators were given."""
+        offset = _CEREMONIES_OFFSET + area * _CEREMONY_AREA
+        nonce = bytes(self._mm[offset : offset + 16])
+        if nonce == bytes(16):
+            raise ValueError("no ceremony under way")
+        if len(extra) > MAX_CEREMONY_EXTRA:
+            raise ValueError("ceremony secret does not fit")
+        self._mm[offset : offset + _CEREMONY_AREA] = bytes(_CEREMONY_AREA)
+        _CEREMONY_HEADER.pack_into(self._mm, offset, nonce, 0, 0, len(extra), extra)
+        for part in parts or []:
+            self.add_ceremony_part(area, part)
 
     def clear_ceremony(self, area: int) -> None:
         offset = _CEREMONIES_OFFSET + area * _CEREMONY_AREA
