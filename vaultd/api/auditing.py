@@ -40,6 +40,9 @@ _PREFIX = "/v1/"
 _NO_DATA = ("sys/init", "sys/unseal", "sys/generate-root", "sys/rekey", "sys/rekey-recovery-key",
             "sys/generate-recovery-token", "sys/vaultd/")
 _FAILED = b'{"errors": ["internal error"]}\n'
+ANSWERED_BODY = "vaultd.answered_body"
+"""Where the fast path leaves the body it encoded (a plain JSON value that
+the response entry may read but not change), so it is not parsed again."""
 
 
 def _operation(method: str, query: str) -> str:
@@ -169,10 +172,12 @@ class AuditMiddleware:
             if close is not None:
                 close()
         keep_data = not request.path.startswith(_NO_DATA)
-        try:
-            body = json.loads(payload) if payload else None
-        except ValueError:
-            body = None
+        body = environ.get(ANSWERED_BODY)
+        if body is None:
+            try:
+                body = json.loads(payload) if payload else None
+            except ValueError:
+                body = None
         response = ResponseInfo(status=status, error=_error_text(body))
         if isinstance(body, dict) and not response.error and keep_data:
             if "request_id" in body:  # Vault's envelope

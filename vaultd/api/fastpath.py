@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
 
-from vaultd.api.auditing import AuditMiddleware
+from vaultd.api.auditing import ANSWERED_BODY, AuditMiddleware
 from vaultd.api.http import encode_json, envelope_body, log_error, log_unexpected, logical_body, token_from_environ
 from vaultd.core.core import Core, client_address
 from vaultd.errors import VaultError
@@ -104,6 +104,7 @@ class FastPath:
             start_response(_STATUS_LINES[status], [_EMPTY_TYPE])
             return [b""]
         payload = encode_json(body)
+        environ[ANSWERED_BODY] = body  # the audit's response entry needs no second parse
         start_response(_STATUS_LINES[status], [_JSON_HEADER, ("Content-Length", str(len(payload)))])
         return [payload]
 
