@@ -239,3 +239,31 @@ def test_an_unreadable_audit_table_fails_closed(tmp_path: Path) -> None:
     app.core.barrier.put(TABLE_KEY, table)
     app.core.shared.bump_epoch(EPOCH_AUDIT)
     assert app.call("GET", "secret/data/a", app.root).status_code == 200
+
+
+def test_spliced_lines_are_the_entries_byte_for_byte(monkeypatch: pytest.MonkeyPatch) -> None:
+    """request_line/response_line splice each request's blocks, encoded once,
+    into both lines: they must equal line(request_entry) and
+    line(response_entry) exactly, whatever is empty."""
+    from vaultd.audit import entry as entry_module
+    from vaultd.audit.base import format_options
+    from vaultd.audit.entry import AuthInfo, Formatter, RequestInfo, ResponseInfo
+    from vaultd.audit.hashing import Hasher
+
+    monkeypatch.setattr(entry_module, "_now", lambda: "2026-11-30T00:00:00.5Z")
+    requests = [
+        RequestInfo(id="1", operation="read", path="secret/data/a", client_token="s.abc", client_token_accessor="acc",
+                    data={"x": ["é", {"y": "z"}], "n": 1}, remote_address="127.0.0.1", remote_port=4,
+                    mount_type="kv", mount_point="secret/", auth=AuthInfo(accessor="acc", policies=["root"])),
+        RequestInfo(id="2", operation="update", path="sys/unseal"),
+    ]
+    responses = [ResponseInfo(status=200, data={"data": {"v": "secret"}}, warnings=["w"]),
+                 ResponseInfo(status=403, error="permission denied"),
+                 ResponseInfo(status=200, auth={"client_token": "s.new", "accessor": "a2", "policies": ["p"]},
+                              wrap_info={"token": "s.w", "ttl": 60})]
+    for options in ({}, {"log_raw": "true"}, {"prefix": "AUDIT:", "hmac_accessor": "false"}):
+        fmt = Formatter(format_options(options), Hasher("salt"))
+        for request in requests:
+            assert fmt.request_line(request) == fmt.line(fmt.request_entry(request))
+            for response in responses:
+                assert fmt.response_line(request, response) == fmt.line(fmt.response_entry(request, response))

@@ -60,6 +60,8 @@ class RequestInfo:
     """Each formatter's ``auth`` and ``request`` blocks, made once for the
     request entry and reused by the response entry (they are the same, and
     making them HMACs the token, the accessor and every string of the data)."""
+    encoded: dict[int, tuple[str, str]] = field(default_factory=dict, repr=False, compare=False)
+    """The same blocks as JSON text, spliced into both lines."""
 
 
 @dataclass
@@ -99,6 +101,11 @@ def _now() -> str:
         _stamp = (seconds, stamp)
     digits = f"{fraction:09d}".rstrip("0")
     return f"{stamp}.{digits}Z" if digits else f"{stamp}Z"
+
+
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+"""``json.dumps(value, separators=(",", ":"))`` without building an encoder
+per call; ``ensure_ascii`` (the default) keeps a line one line."""
 
 
 def _compact(values: dict[str, Any]) -> dict[str, Any]:
@@ -227,7 +234,50 @@ class Formatter:
         entry["response"] = body  # Vault's pointer: present even when empty
         return entry
 
+    # -- the lines, as written ---------------------------------------------
+
+    def _encoded_blocks(self, request: RequestInfo) -> tuple[str, str]:
+        """The ``auth`` and ``request`` blocks as JSON text, encoded once a
+        request and spliced into both its lines ("" when a block is empty)."""
+        cached = request.encoded.get(id(self))
+        if cached is None:
+            auth, block = self._blocks(request)
+            cached = request.encoded[id(self)] = (_encode(auth) if auth else "", _encode(block) if block else "")
+        return cached
+
+    def request_line(self, request: RequestInfo) -> bytes:
+        """``line(request_entry(request))``, byte for byte, made faster."""
+        auth, block = self._encoded_blocks(request)
+        return self._join(_now(), "request", auth, block, "", None)
+
+    def response_line(self, request: RequestInfo, response: ResponseInfo) -> bytes:
+        """``line(response_entry(request, response))``, byte for byte."""
+        body = _compact({
+            "mount_point": request.mount_point,
+            "mount_type": request.mount_type,
+            "mount_accessor": request.mount_accessor,
+            "auth": self._response_auth(response.auth),
+            "data": self._data(response.data),
+            "warnings": response.warnings,
+            "wrap_info": self._wrap_info(response.wrap_info),
+        })
+        auth, block = self._encoded_blocks(request)
+        return self._join(_now(), "response", auth, block, response.error, _encode(body))
+
+    def _join(self, now: str, type_: str, auth: str, block: str, error: str, response: str | None) -> bytes:
+        parts = [self.options.prefix, '{"time":"', now, '","type":"', type_, '"']
+        if auth:
+            parts += [',"auth":', auth]
+        if block:
+            parts += [',"request":', block]
+        if error:
+            parts += [',"error":', _encode(error)]
+        if response is not None:
+            parts += [',"response":', response]
+        parts.append("}\n")
+        return "".join(parts).encode()
+
     def line(self, entry: dict[str, Any]) -> bytes:
         """One whole line: the prefix, the JSON, a newline.  ``ensure_ascii``
         keeps it one line whatever the values hold."""
-        return (self.options.prefix + json.dumps(entry, separators=(",", ":")) + "\n").encode()
+        return (self.options.prefix + _encode(entry) + "\n").encode()

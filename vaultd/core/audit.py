@@ -179,7 +179,7 @@ class Audit:
         if live.formatter is None:
             formatter = Formatter(format_options(live.options), _no_hash)
             return formatter.line(formatter.request_entry(_strip(request)))
-        return live.formatter.line(live.formatter.request_entry(request))
+        return live.formatter.request_line(request)
 
     @staticmethod
     def _response_line(live: _Live, request: RequestInfo, response: ResponseInfo) -> bytes:
@@ -187,7 +187,7 @@ class Audit:
             formatter = Formatter(format_options(live.options), _no_hash)
             bare = ResponseInfo(status=response.status, error=response.error)
             return formatter.line(formatter.response_entry(_strip(request), bare))
-        return live.formatter.line(live.formatter.response_entry(request, response))
+        return live.formatter.response_line(request, response)
 
     def _log(self, line_for: Callable[[_Live], bytes]) -> bool:
         devices = self._devices()
