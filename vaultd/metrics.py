@@ -105,6 +105,11 @@ def prepare_directory(base: str | None = None, *, pid: int | None = None) -> str
         shutil.rmtree(directory, ignore_errors=True)
         os.mkdir(directory, 0o700)
     use_directory(directory)
+    # Imported now, in the master, not in worker_exited: gunicorn calls that
+    # from its SIGCHLD handler, which runs again when a second worker dies
+    # during the first call, and an import under way there is seen half made
+    # (ImportError out of the handler: the master exited 1 at a stop).
+    from prometheus_client import multiprocess  # noqa: F401
     return directory
 
 

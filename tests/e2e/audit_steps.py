@@ -20,7 +20,7 @@ from tests.integration.support import wait_for
 
 if TYPE_CHECKING:
     from tests.e2e.nspawn import Container
-    from tests.e2e.test_systemd import Report, Vaultd
+    from tests.e2e.support import Report, Vaultd
 
 
 def wait_until(condition: Any, what: str, timeout: float) -> Any:

@@ -11,7 +11,8 @@ endpoints answer 403 on TCP.  The agent runs under its full sandbox
 so a unit that could not reach the socket fails here.
 
 One Debian bookworm container (``tests/e2e/nspawn.py``) boots from a cached
-debootstrap; the .deb is built by ``make deb`` meanwhile.  The KMS emulator
+debootstrap; the .deb is built by ``make deb`` meanwhile (once per session:
+``tests/e2e/support.py``).  The KMS emulator
 (moto) and a fault proxy in front of it run on the host's loopback, which
 the container shares.  The steps build on each other, as an operator's day
 does, so they are one test; each prints what it measured.
@@ -19,15 +20,10 @@ does, so they are one test; each prints what it measured.
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import re
 import shutil
-import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,209 +31,44 @@ import pytest
 import requests
 
 from tests.e2e.audit_steps import audit_file_rotation, audit_syslog
-from tests.e2e.nspawn import Container, booted, control_depends, host_mirror, mirror_reachable, rootfs
+from tests.e2e.nspawn import Container, booted
+from tests.e2e.support import (
+    AGENT_SOCKET,
+    DebianImage,
+    Report,
+    Vaultd,
+    assert_unsealed_over_socket,
+    save_journal,
+    wait_until,
+)
+from tests.e2e.support import journal_text as _text
 from tests.faultproxy import FaultProxy
-from tests.integration.support import wait_for
-from tests.kms_fixtures import ACCESS_KEY, SECRET_KEY, MotoServer, create_kms_key, free_port, start_moto_server
+from tests.kms_fixtures import ACCESS_KEY, SECRET_KEY, MotoServer, create_kms_key, free_port
 from vaultd.logging import EVENTS
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
 START_TIMEOUT_FOR_TEST = 15
 """TimeoutStartSec= for the KMS-outage step (the unit ships 90 s): the test
 waits past it to show EXTEND_TIMEOUT_USEC keeps a waiting daemon alive."""
 SECRET_VALUE = "e2e-secret-value-4f1d9a"
-AGENT_SOCKET = "/run/vaultd/unseal.sock"
-"""The default agent channel: the test's config has no ``unsealer.address``."""
-TEST_PACKAGES = ("logrotate",)
-"""Installed in the container beside the .deb's dependencies: the package
-ships /etc/logrotate.d/vaultd, and the test runs it as cron would."""
 
 
-def _requirements() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (debootstrap, overlay mounts, systemd-nspawn)"
-    for tool in ("debootstrap", "systemd-nspawn", "nsenter", "mount", "make"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (make e2e-deps installs it)"
-    return None
-
-
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = 90.0, interval: float = 0.2) -> Any:
-    """The integration tests' ``wait_for``, with the slower pace a booted
-    container needs."""
-    return wait_for(condition, what, timeout=timeout, interval=interval)
-
-
-class Report:
-    """Prints each measurement at once (past pytest's capture), so a run
-    shows its numbers whether or not it passes."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
-        self.capsys = capsys
-        self.started = time.monotonic()
-
-    def __call__(self, text: str) -> None:
-        with self.capsys.disabled():
-            print(f"\n[e2e {time.monotonic() - self.started:6.1f}s] {text}", flush=True)
-
-
-@pytest.fixture
-def report(capsys: pytest.CaptureFixture[str]) -> Report:
-    return Report(capsys)
-
-
-@pytest.fixture
-def kms() -> Iterator[tuple[MotoServer, FaultProxy]]:
-    server = start_moto_server()
-    try:
-        with FaultProxy(server.endpoint) as proxy:
-            yield server, proxy
-    finally:
-        server.stop()
-
-
-def build_deb(out: Path, build_dir: Path, log: Path) -> Path:
-    with open(log, "wb") as output:
-        subprocess.run(
-            ["make", "-C", str(ROOT), "--no-print-directory", "deb", f"DEB_OUT={out}", f"DEB_BUILD_DIR={build_dir}"],
-            stdout=output, stderr=subprocess.STDOUT, check=True, timeout=900,
-        )
-    debs = sorted(out.glob("vaultd_*_all.deb"))
-    assert len(debs) == 1, debs
-    return debs[0]
-
-
-class Vaultd:
-    """What the test does to vaultd inside the container."""
-
-    def __init__(self, container: Container, port: int) -> None:
-        self.c = container
-        self.url = f"http://127.0.0.1:{port}"
-
-    def state(self, unit: str = "vaultd.service") -> dict[str, str]:
-        return self.c.show(unit, "ActiveState", "SubState", "StatusText", "MainPID", "NRestarts", "Result",
-                           "ExecMainStartTimestampMonotonic", "ActiveEnterTimestampMonotonic")
-
-    def wait_state(self, active: str, status_prefix: str = "", *, unit: str = "vaultd.service",
-                   timeout: float = 90.0, new_pid_than: str | None = None) -> dict[str, str]:
-        def reached() -> dict[str, str] | None:
-            state = self.state(unit)
-            if state["ActiveState"] != active or not state["StatusText"].startswith(status_prefix):
-                return None
-            if new_pid_than is not None and state["MainPID"] in ("0", new_pid_than):
-                return None
-            return state
-        return wait_until(reached, f"{unit} {active} / {status_prefix!r}", timeout)
-
-    def journal(self, *args: str) -> str:
-        return self.c.run("journalctl", "--no-pager", *args).stdout
-
-    def cursor(self) -> str:
-        out = self.c.run("journalctl", "--no-pager", "-n", "0", "--show-cursor").stdout
-        return out.strip().rsplit("cursor: ", 1)[1]
-
-    def vaultctl(self, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
-        env = {"VAULT_ADDR": self.url, **({"VAULT_TOKEN": token} if token else {})}
-        return self.c.run("vaultctl", *args, env=env)
-
-    def current_run(self, unit: str) -> list[dict[str, Any]]:
-        """The journal entries of the unit's current run (its InvocationID),
-        so that an older run's lines cannot pass for this one's."""
-        invocation = self.c.show(unit, "InvocationID")["InvocationID"]
-        assert invocation, f"{unit} has no InvocationID"
-        out = self.journal(f"_SYSTEMD_INVOCATION_ID={invocation}", "-o", "json")
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
-
-
-def assert_unsealed_over_socket(c: Container, v: Vaultd, *, by_agent: bool = True) -> str:
-    """The daemon is unsealed, and the agent reached it over the private
-    unix socket: the agent's current run dials it and saw this boot of the
-    daemon unsealed (or unsealed it: ``by_agent``), the daemon's current run
-    serves it and says who unsealed it, ``/run/vaultd`` and the socket are
-    the vaultd user's alone, another local user cannot connect, and the key
-    endpoints answer 403 on TCP, so no unseal can have come that way.
-    Returns the agent's line about this boot, for the report."""
-    state = v.wait_state("active", "unsealed")
-    boot_id = requests.get(f"{v.url}/v1/sys/vaultd/state", timeout=10).json()["boot_id"]
-    expected = f"unsealed the daemon (boot {boot_id})" if by_agent else f"daemon (boot {boot_id}) is unsealed"
-
-    def agent_saw_it() -> tuple[list[str], str] | None:
-        lines = [_text(e.get("MESSAGE", "")) for e in v.current_run("vaultd-unsealer.service")]
-        found = [line for line in lines if line.startswith(expected)]
-        return (lines, found[0]) if found else None
-
-    agent_lines, line = wait_until(agent_saw_it, f"the agent's {expected!r}", timeout=30)
-    assert f"watching unix://{AGENT_SOCKET} (seal awskms)" in agent_lines, agent_lines
-    assert not any(v.url in text for text in agent_lines), agent_lines  # never the daemon's TCP port
-    daemon = v.current_run("vaultd.service")
-    assert any(_text(e.get("MESSAGE", "")) == f"serving the unsealer agent on {AGENT_SOCKET}" for e in daemon)
-    unsealed_by = [e.get("UNSEALED_BY") for e in daemon if e.get("MESSAGE_ID") == EVENTS["unsealed"].message_id]
-    assert unsealed_by == ["unsealer" if by_agent else "init"], (unsealed_by, state)
-
-    assert c.run("stat", "-c", "%a %U %G %F", "/run/vaultd").stdout.strip() == "700 vaultd vaultd directory"
-    assert c.run("stat", "-c", "%a %U %G %F", AGENT_SOCKET).stdout.strip() == "600 vaultd vaultd socket"
-    other = c.run("runuser", "-u", "nobody", "--", "python3", "-c",
-                  f"import socket; socket.socket(socket.AF_UNIX).connect({AGENT_SOCKET!r})", check=False)
-    assert other.returncode != 0 and "PermissionError" in other.stderr, other
-    forged = {"key": base64.b64encode(bytes(32)).decode(), "boot_id": boot_id}
-    for method, endpoint, body in (("GET", "stored-key", None), ("PUT", "unseal", forged)):
-        response = requests.request(method, f"{v.url}/v1/sys/vaultd/{endpoint}", json=body, timeout=10)
-        assert response.status_code == 403 and response.json()["errors"], (endpoint, response.text)
-    return line
-
-
-def test_vaultd_under_systemd(tmp_path: Path, kms: tuple[MotoServer, FaultProxy], report: Report) -> None:
-    reason = _requirements()
-    if reason:
-        pytest.skip(reason)
-    mirror = host_mirror()
-    control = ROOT / "packaging/debian/control"
-
-    # -- the .deb (make deb) while the root filesystem is made or found ------
-    deb_result: dict[str, Any] = {}
-
-    def build() -> None:
-        started = time.monotonic()
-        try:
-            deb_result["deb"] = build_deb(tmp_path / "out", tmp_path / "debbuild", tmp_path / "deb.log")
-        except BaseException as exc:  # reported by the main thread
-            deb_result["error"] = exc
-        deb_result["seconds"] = time.monotonic() - started
-
-    builder = threading.Thread(target=build, name="make-deb")
-    builder.start()
-    started = time.monotonic()
-    try:
-        lower, fresh = rootfs([*control_depends(control), *TEST_PACKAGES], mirror, tmp_path / "debootstrap.log")
-    except Exception:
-        builder.join()
-        if not mirror_reachable(mirror):
-            pytest.skip(f"debootstrap impossible: {mirror} is not reachable")
-        raise
-    report(f"root filesystem: {'debootstrap (cold)' if fresh else 'cache (warm)'} "
-           f"in {time.monotonic() - started:.1f} s: {lower}")
-    builder.join()
-    if "error" in deb_result:
-        log = (tmp_path / "deb.log").read_text(errors="replace")[-3000:]
-        raise AssertionError(f"make deb failed:\n{log}") from deb_result["error"]
-    deb: Path = deb_result["deb"]
-    report(f"make deb (dpkg-buildpackage + lintian): {deb.name} in {deb_result['seconds']:.1f} s")
-
+def test_vaultd_under_systemd(tmp_path: Path, debian_image: DebianImage, kms: tuple[MotoServer, FaultProxy],
+                              report: Report) -> None:
+    for line in debian_image.describe():
+        report(line)
     moto, proxy = kms
     key = create_kms_key(moto.endpoint)
     port = free_port()
     started = time.monotonic()
-    with booted(lower, tmp_path / "container") as c:
+    with booted(debian_image.lower, tmp_path / "container") as c:
         report(f"container booted in {time.monotonic() - started:.1f} s")
         v = Vaultd(c, port)
         try:
-            run_scenario(c, v, deb, key.key_id, proxy, report)
-        finally:  # for the post-mortem: pytest keeps the last runs' tmp_path
-            journal = c.run("journalctl", "--no-pager", "-o", "short-monotonic", check=False, timeout=60)
-            (tmp_path / "journal.txt").write_text(journal.stdout)
-            report(f"container journal saved to {tmp_path / 'journal.txt'}")
+            run_scenario(c, v, debian_image.deb, key.key_id, proxy, report)
+        finally:
+            save_journal(c, tmp_path / "journal.txt", report)
 
 
 def run_scenario(c: Container, v: Vaultd, deb: Path, key_id: str, proxy: FaultProxy, report: Report) -> None:
@@ -563,12 +394,6 @@ def upgrade_from_file(c: Container, v: Vaultd, deb: Path, shipped_default: str, 
         k: said[0].get(k) for k in ("PRIORITY", "_SYSTEMD_UNIT", "SYSLOG_IDENTIFIER", "_PID", "LOGGER")
     }
     report("upgrade from file: the new default config (sqlite) serves the file data, with the warning")
-
-
-def _text(value: object) -> str:
-    if isinstance(value, list):  # journalctl -o json gives non-UTF-8 values as byte arrays
-        return bytes(value).decode("utf-8", "replace")
-    return str(value)
 
 
 def check_journal(entries: list[dict[str, Any]], secrets: list[str]) -> None:
