@@ -34,6 +34,7 @@ class Stage:
     """The server, its agent and the config both read, rewritten per stage."""
 
     def __init__(self, server: Server, socket: Path, proxy: FaultProxy, agent_log: Path, home: Path) -> None:
+        self.written: dict[str, int] = {}
         self.server = server
         self.socket = socket
         self.proxy = proxy
@@ -66,6 +67,20 @@ class Stage:
         body = self.server.call("GET", "secret/app", token=token)
         return str(body["data"]["password"])
 
+    def rotate_and_write(self, token: str, name: str) -> None:
+        """``sys/rotate`` keeps working through every seal (issue 13, item
+        5): a new keyring term, and a secret written under it that every
+        later stage must read back."""
+        before = self.server.call("GET", "sys/key-status", token=token)["term"]
+        self.server.call("PUT", "sys/rotate", token=token, status=204)
+        assert self.server.call("GET", "sys/key-status", token=token)["term"] == before + 1
+        self.server.call("PUT", f"secret/{name}", token=token, json_body={"term": before + 1}, status=204)
+        self.written[name] = before + 1
+
+    def read_all(self, token: str) -> None:
+        for name, term in self.written.items():
+            assert self.server.call("GET", f"secret/{name}", token=token)["data"]["term"] == term, name
+
 
 def _seal(key: KmsKey, endpoint: str, *, disabled: bool = False) -> str:
     stanza = key.seal_hcl(endpoint)
@@ -91,6 +106,7 @@ def test_shamir_to_kms_a_to_kms_b_to_shamir_surviving_kill_9(
     root = init.root_token
     server.call("PUT", "sys/mounts/secret", token=root, json_body={"type": "kv"}, status=204)
     server.call("PUT", "secret/app", token=root, json_body={"password": "s3cret"}, status=204)
+    st.rotate_and_write(root, "shamir")
 
     # -- shamir -> awskms (key A) ------------------------------------------------
     st.configure(seal_a)
@@ -127,6 +143,7 @@ def test_shamir_to_kms_a_to_kms_b_to_shamir_surviving_kill_9(
     assert kms_proxy.count("Decrypt", outcome="forwarded") >= 1
     # The old unseal keys are the recovery keys now.
     assert st.status()["recovery_seal"] is True and st.status()["n"] == 3
+    st.rotate_and_write(root, "after-kms-a")
 
     # -- awskms key A -> key B -------------------------------------------------------
     st.configure(_seal(key_a, kms_proxy.url, disabled=True) + seal_b)
@@ -143,6 +160,8 @@ def test_shamir_to_kms_a_to_kms_b_to_shamir_surviving_kill_9(
     wait_for(st.unsealed, "the agent to unseal with key B", timeout=WAIT)
     assert st.read_secret(root) == "s3cret"
     assert st.agent.process is not None and st.agent.process.poll() is None
+    st.read_all(root)
+    st.rotate_and_write(root, "after-kms-b")
 
     # -- awskms (key B) -> shamir ---------------------------------------------------------
     st.configure(_seal(key_b, kms_proxy.url, disabled=True))
@@ -171,3 +190,6 @@ def test_shamir_to_kms_a_to_kms_b_to_shamir_surviving_kill_9(
     assert out["progress"] == 1
     st.bao("operator", "unseal", init.keys[2])
     assert st.unsealed() and st.read_secret(root) == "s3cret"
+    st.read_all(root)
+    st.rotate_and_write(root, "after-shamir")
+    st.read_all(root)
