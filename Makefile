@@ -8,13 +8,16 @@ STAMP := $(VENV)/.installed
 
 # Debian packages, installed only when missing (dpkg-query), as root.
 # libsystemd-dev, pkg-config, gcc and python3-dev build systemd-python (the
-# journald extra), which PyPI ships as source only.
-SYSTEM_PACKAGES := libsystemd-dev pkg-config gcc python3-dev
+# journald extra), which PyPI ships as source only; libpq5 is the client
+# library PyPI's psycopg (storage "postgresql") loads.
+SYSTEM_PACKAGES := libsystemd-dev pkg-config gcc python3-dev libpq5
 DEB_PACKAGES := dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian
 E2E_PACKAGES := debootstrap systemd-container $(DEB_PACKAGES)
 # promtool, which checks the alert rules in docs/monitoring (Debian ships it in
 # the prometheus package; tests/unit/test_monitoring_kit.py skips without it).
-TOOL_PACKAGES := prometheus
+# postgresql: the server the storage "postgresql" tests run a throwaway
+# cluster of (tests/postgres_fixtures.py; they skip without it).
+TOOL_PACKAGES := prometheus postgresql
 define apt_ensure
 	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 		| grep -q 'install ok installed' || echo $$p; done); \

@@ -39,7 +39,8 @@ LOG_LEVELS = {
     "warning": "warn",
     "error": "error",
 }
-STORAGE_TYPES = ("file", "inmem", "sqlite")
+STORAGE_TYPES = ("file", "inmem", "postgresql", "sqlite")
+POSTGRESQL_KEYS = ("connection_url", "table", "max_parallel", "ha_enabled", "ha_table")
 SEAL_TYPES = ("awskms", "shamir")
 AWSKMS_KEYS = ("region", "access_key", "secret_key", "session_token", "kms_key_id", "endpoint")
 
@@ -114,7 +115,10 @@ class StorageConfig:
     options: dict[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:
-        return f"StorageConfig(type={self.type!r}, options={redact(dict(self.options))!r})"
+        shown = redact(dict(self.options))
+        if shown.get("connection_url"):
+            shown["connection_url"] = _REDACTED  # may hold a password
+        return f"StorageConfig(type={self.type!r}, options={shown!r})"
 
 
 @dataclass(repr=False)
@@ -353,10 +357,29 @@ class _Builder:
         if kind not in STORAGE_TYPES:
             self.fail(at, f"unsupported storage type {kind!r} (supported: {', '.join(STORAGE_TYPES)})")
         on_disk = kind in ("file", "sqlite")
+        if kind == "postgresql":
+            return StorageConfig(kind, self.postgresql_options(at, body))
         options = self.string_options(at, body, ("path",) if on_disk else ())
         if on_disk and not options.get("path"):
             self.fail(at.child("path"), f"{kind} storage needs a path")
         return StorageConfig(kind, options)
+
+    def postgresql_options(self, at: _At, body: dict[str, object]) -> dict[str, str]:
+        """Vault's keys.  ``connection_url`` may be left out (Vault's
+        ``VAULT_PG_CONNECTION_URL``, else libpq's ``PG*`` environment).
+        ``ha_enabled = true`` is refused: without an active node holding a
+        lock, two servers on one database would both write (and each serve
+        from its own cache); that comes with HA."""
+        options = self.string_options(at, body, POSTGRESQL_KEYS)
+        if "ha_enabled" in options and self.boolean(at.child("ha_enabled"), options["ha_enabled"]):
+            self.fail(at.child("ha_enabled"), "ha_enabled is not supported yet (one vaultd server per database)")
+        if "max_parallel" in options and self.integer(at.child("max_parallel"), options["max_parallel"]) < 1:
+            self.fail(at.child("max_parallel"), "must be at least 1")
+        table = options.get("table")
+        if table is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]{0,59}", table):
+            self.fail(at.child("table"), "must be a table name: a letter or _, then letters, digits, _ or $ "
+                                         "(at most 60)")
+        return options
 
     def listener(self, at: _At, kind: str, body: dict[str, object]) -> ListenerConfig:
         if kind != "tcp":
@@ -598,7 +621,7 @@ class MigrationConfig:
     destination: StorageConfig
 
 
-MIGRATION_STORAGE_TYPES = ("file", "sqlite")
+MIGRATION_STORAGE_TYPES = ("file", "postgresql", "sqlite")
 
 
 def load_migration_config(path: str) -> MigrationConfig:

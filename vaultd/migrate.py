@@ -1,5 +1,5 @@
 """``vaultd operator migrate -config FILE [-reset]``: copy a store between
-disk backends, Vault's command and file format::
+backends (file, sqlite, postgresql), Vault's command and file format::
 
     storage_source "file" {
       path = "/var/lib/vaultd"
@@ -38,7 +38,7 @@ from typing import TextIO
 
 from vaultd.config import ConfigError, StorageConfig, load_migration_config
 from vaultd.errors import StorageError
-from vaultd.storage import FileStorage, SqliteStorage, Storage
+from vaultd.storage import FileStorage, SqliteStorage, Storage, open_postgresql
 from vaultd.storage.base import Delete, Put
 from vaultd.storage.serverlock import exclusive
 from vaultd.storage.sqlite import DB_NAME
@@ -55,6 +55,9 @@ class MigrationError(Exception):
 
 
 def open_backend(stanza: str, storage: StorageConfig) -> Storage:
+    if storage.type == "postgresql":
+        # A source table must exist: creating it would "migrate" nothing.
+        return open_postgresql(storage.options, create=stanza == "storage_destination")
     path = storage.options["path"]
     if storage.type == "file":
         return FileStorage(path)
@@ -68,6 +71,8 @@ def open_backend(stanza: str, storage: StorageConfig) -> Storage:
 def _check_source(storage: StorageConfig) -> None:
     """The source must exist: opening a backend would create an empty one,
     and a migration of nothing would "succeed"."""
+    if storage.type == "postgresql":
+        return  # open_backend refuses a missing table
     path = storage.options["path"]
     if not os.path.isdir(path):
         raise MigrationError(f"storage_source: {path} does not exist or is not a directory")
@@ -206,6 +211,8 @@ def run(source_cfg: StorageConfig, dest_cfg: StorageConfig, *, reset: bool, out:
     upgraded package moves ``/var/lib/vaultd`` to sqlite in place.  The
     file-backend data is left where it was; nothing deletes a store."""
     _check_source(source_cfg)
+    if "postgresql" in (source_cfg.type, dest_cfg.type):
+        return _run_with_postgresql(source_cfg, dest_cfg, reset=reset, out=out)
     src_path = os.path.realpath(source_cfg.options["path"])
     dst_path = os.path.realpath(dest_cfg.options["path"])
     in_place = src_path == dst_path
@@ -246,9 +253,41 @@ def run(source_cfg: StorageConfig, dest_cfg: StorageConfig, *, reset: bool, out:
     raise AssertionError("unreachable")
 
 
+def _describe(storage: StorageConfig) -> str:
+    if storage.type == "postgresql":
+        return f"postgresql (table {storage.options.get('table') or 'vault_kv_store'})"
+    return f"{storage.type} ({os.path.realpath(storage.options['path'])})"
+
+
+def _run_with_postgresql(source_cfg: StorageConfig, dest_cfg: StorageConfig, *, reset: bool, out: TextIO) -> int:
+    """A copy where either side is a PostgreSQL table, held as the disk
+    stores are: the migrator refuses while a vaultd server uses either
+    side (for a table: any vaultd session on its database), and a server
+    refuses to start on a table under migration."""
+    if source_cfg.type == dest_cfg.type == "postgresql" and (
+        source_cfg.options.get("connection_url"), source_cfg.options.get("table") or "vault_kv_store"
+    ) == (dest_cfg.options.get("connection_url"), dest_cfg.options.get("table") or "vault_kv_store"):
+        raise MigrationError("storage_source and storage_destination are the same store")
+    out.write(f"Migrating from {_describe(source_cfg)} to {_describe(dest_cfg)}...\n")
+    with contextlib.ExitStack() as stack:
+        opened: list[Storage] = []
+        for stanza, role, cfg in (("storage_source", "source", source_cfg),
+                                  ("storage_destination", "destination", dest_cfg)):
+            if cfg.type != "postgresql":
+                stack.enter_context(exclusive(os.path.realpath(cfg.options["path"]), role))
+            storage = open_backend(stanza, cfg)
+            stack.callback(_close, storage)
+            if cfg.type == "postgresql":
+                stack.enter_context(storage.exclusive(role))  # type: ignore[attr-defined]
+            opened.append(storage)
+        return _copy(opened[0], opened[1], reset=reset, where=_describe(dest_cfg), out=out)
+    raise AssertionError("unreachable")
+
+
 def _close(storage: Storage) -> None:
-    if isinstance(storage, SqliteStorage):
-        storage.close()
+    close = getattr(storage, "close", None)  # sqlite's connections, postgresql's pool
+    if close is not None:
+        close()
 
 
 def main(config_path: str, *, reset: bool = False, out: TextIO | None = None, err: TextIO | None = None) -> int:

@@ -508,6 +508,8 @@ def serve(args: argparse.Namespace) -> int:
         if config.storage.type in ("file", "sqlite"):
             # Held for the master's life: `operator migrate` refuses to run under it.
             serverlock.hold_for_server(config.storage.options["path"])
+        elif config.storage.type == "postgresql":
+            physical.refuse_during_migration()  # type: ignore[attr-defined]
     except (ConfigError, ValueError, StorageError) as exc:
         print(f"Error starting vaultd: {exc}", file=sys.stderr)
         return 1

@@ -11,7 +11,7 @@ from vaultd.storage.inmem import InmemStorage
 from vaultd.storage.sqlite import DB_NAME, SqliteStorage
 from vaultd.storage.view import StorageView
 
-SUPPORTED_KINDS = ("file", "inmem", "sqlite")
+SUPPORTED_KINDS = ("file", "inmem", "postgresql", "sqlite")
 
 __all__ = [
     "SUPPORTED_KINDS", "FileStorage", "InmemStorage", "SqliteStorage", "Storage", "StorageView", "holds_file_data",
@@ -40,11 +40,27 @@ def holds_file_data(path: str) -> bool:
     return os.path.isfile(os.path.join(path, FILE_DATA_MARKER))
 
 
+def open_postgresql(options: dict[str, str], *, create: bool = True) -> Storage:
+    """``storage "postgresql"``: imported only when configured, so the other
+    backends need no PostgreSQL driver."""
+    from vaultd.storage.postgresql import DEFAULT_MAX_PARALLEL, DEFAULT_TABLE, PostgresStorage
+
+    raw = options.get("max_parallel") or str(DEFAULT_MAX_PARALLEL)
+    try:
+        max_parallel = int(raw)
+    except ValueError:
+        raise ValueError(f'storage "postgresql": max_parallel must be a whole number, not {raw!r}') from None
+    return PostgresStorage(options.get("connection_url"), table=options.get("table") or DEFAULT_TABLE,
+                           max_parallel=max_parallel, create=create)
+
+
 def open_storage(kind: str, options: dict[str, str]) -> Storage:
     """The backend named in the config; errors name what is wrong so that the
     config loader can report them against the file."""
     if kind == "inmem":
         return InmemStorage()
+    if kind == "postgresql":
+        return open_postgresql(options)
     if kind in ("file", "sqlite"):
         path = options.get("path")
         if not path:
