@@ -418,6 +418,9 @@ class VaultdApplication(gunicorn.app.base.BaseApplication):
         if self.notifier is not None:
             self.notifier.stopping()
         metrics.remove_directory(metrics.directory())
+        checkpoint = getattr(self.physical, "checkpoint_at_stop", None)
+        if checkpoint is not None:  # every worker is gone: the log can be emptied
+            checkpoint()
 
     def _child_exit(self, _arbiter: Any, worker: Any) -> None:
         """A worker is gone: its counts stay in the metrics directory, its
