@@ -213,8 +213,8 @@ class Formatter:
             "error": error,
         })
 
-    def response_entry(self, request: RequestInfo, response: ResponseInfo) -> dict[str, Any]:
-        body = _compact({
+    def _response_block(self, request: RequestInfo, response: ResponseInfo) -> dict[str, Any]:
+        return _compact({
             "mount_point": request.mount_point,
             "mount_type": request.mount_type,
             "mount_accessor": request.mount_accessor,
@@ -223,6 +223,9 @@ class Formatter:
             "warnings": response.warnings,
             "wrap_info": self._wrap_info(response.wrap_info),
         })
+
+    def response_entry(self, request: RequestInfo, response: ResponseInfo) -> dict[str, Any]:
+        body = self._response_block(request, response)
         auth, block = self._blocks(request)
         entry = _compact({
             "time": _now(),
@@ -252,17 +255,9 @@ class Formatter:
 
     def response_line(self, request: RequestInfo, response: ResponseInfo) -> bytes:
         """``line(response_entry(request, response))``, byte for byte."""
-        body = _compact({
-            "mount_point": request.mount_point,
-            "mount_type": request.mount_type,
-            "mount_accessor": request.mount_accessor,
-            "auth": self._response_auth(response.auth),
-            "data": self._data(response.data),
-            "warnings": response.warnings,
-            "wrap_info": self._wrap_info(response.wrap_info),
-        })
         auth, block = self._encoded_blocks(request)
-        return self._join(_now(), "response", auth, block, response.error, _encode(body))
+        body = _encode(self._response_block(request, response))
+        return self._join(_now(), "response", auth, block, response.error, body)
 
     def _join(self, now: str, type_: str, auth: str, block: str, error: str, response: str | None) -> bytes:
         parts = [self.options.prefix, '{"time":"', now, '","type":"', type_, '"']

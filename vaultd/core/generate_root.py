@@ -20,7 +20,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from vaultd.core.lifecycle import ROOT_KEY, Lifecycle, SealConfig, is_known_share, is_recovery_key
+from vaultd.core.lifecycle import (
+    ROOT_KEY,
+    Lifecycle,
+    SealConfig,
+    is_known_share,
+    is_recovery_key,
+    require_recovery_check,
+)
 from vaultd.core.seal_state import CEREMONY_GENERATE_ROOT, SharedSealState
 from vaultd.core.token_entry import TOKEN_PREFIX
 from vaultd.crypto import aead, roottoken, shamir
@@ -100,11 +107,7 @@ class RootGeneration:
             raise BadRequest("pgp_key is not supported by vaultd: give an otp, or neither to have one generated")
         if self._quorum(config)[0] == 0:
             raise BadRequest("this server has no recovery keys to authorise a root token")
-        if config.recovery_seal and not config.recovery_hash and not config.break_glass:
-            raise BadRequest(
-                "this server was initialised before vaultd kept a check of its recovery key, so it cannot "
-                "tell the recovery key when its shares come together; generate-root is not possible here"
-            )
+        require_recovery_check(config, "generate-root")
         generated = not otp
         if generated:
             otp = random_otp()

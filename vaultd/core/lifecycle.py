@@ -582,6 +582,16 @@ def is_recovery_key(config: SealConfig, secret: bytes) -> bool:
     return hmac.compare_digest(config.recovery_hash, digest)
 
 
+def require_recovery_check(config: SealConfig, what: str) -> None:
+    """400 if this auto-sealed server cannot tell its recovery key (vaultd
+    0.1.0 kept no check of it, and without break_glass it opens nothing)."""
+    if config.recovery_seal and not config.recovery_hash and not config.break_glass:
+        raise BadRequest(
+            "this server was initialised before vaultd kept a check of its recovery key, so it cannot "
+            f"tell the recovery key when its shares come together; {what} is not possible here"
+        )
+
+
 def is_known_share(config: SealConfig, share: bytes) -> bool:
     """Whether ``share`` is one of the shares made at init (when they were
     recorded: with two or more shares)."""

@@ -52,6 +52,7 @@ from vaultd.core.lifecycle import (
     _validate_shares,
     is_known_share,
     is_recovery_key,
+    require_recovery_check,
 )
 from vaultd.core.seal_state import (
     CEREMONY_REKEY,
@@ -200,11 +201,7 @@ class Rekey:
             raise BadRequest("a seal migration is pending: complete it before a rekey")
         if self._quorum(config)[0] == 0:
             raise BadRequest("this server has no key shares to authorise a rekey")
-        if config.recovery_seal and not config.recovery_hash and not config.break_glass:
-            raise BadRequest(
-                "this server was initialised before vaultd kept a check of its recovery key, so it cannot "
-                "tell the recovery key when its shares come together; rekey is not possible here"
-            )
+        require_recovery_check(config, "rekey")
         if self._auto_barrier(config, recovery):
             # Vault's auto-seal barrier rekey: the new key is wrapped by the
             # seal, not split, so shares and threshold do not apply.
