@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import hvac
 import hvac.exceptions
 import pytest
 
-from tests.integration.support import BaoRunner, Server, ServerFactory, wait_for
+from tests.integration.support import BaoRunner, Server, ServerFactory, fill_up, small_tmpfs, wait_for
 
 SECRET = "s3cr3t-value-never-in-clear"
 
@@ -102,28 +101,8 @@ def test_file_device_with_bao_and_hvac_across_workers(vaultd: Server, bao: BaoRu
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs to fill needs root")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path, "1m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def _fill(path: Path) -> None:
-    with open(path, "wb", buffering=0) as handle:
-        for size in (65536, 4096, 1):
-            try:
-                while True:
-                    handle.write(b"\0" * size)
-            except OSError:
-                pass
 
 
 def test_fail_closed_on_a_full_disk_and_recovery(server_factory: ServerFactory, small_disk: Path) -> None:
@@ -134,7 +113,7 @@ def test_fail_closed_on_a_full_disk_and_recovery(server_factory: ServerFactory, 
                                                                            "options": {"file_path": str(log)}})
     server.call("POST", "secret/data/k", token=root, json_body={"data": {"v": "before"}})
 
-    _fill(small_disk / "filler")
+    fill_up(small_disk / "filler")
     refused = None
     for _ in range(50):  # the file's last page may still take a line or two
         answer = server.request("POST", "secret/data/k", token=root, json_body={"data": {"v": "during"}})

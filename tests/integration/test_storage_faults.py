@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.integration.support import VAULTD, InitResult, Server, ServerFactory
+from tests.integration.support import VAULTD, InitResult, Server, ServerFactory, fill_up, small_tmpfs
 
 KV_MOUNT = {"type": "kv", "options": {"version": "2"}}
 LOCK_WAIT_BOUND = 90.0
@@ -52,33 +52,8 @@ def assert_vault_5xx(server: Server, response: requests.Response) -> None:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs to fill needs root")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path, "4m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(path: Path) -> None:
-    """Write zeros until the filesystem says no more."""
-    with open(path, "wb", buffering=0) as handle:
-        try:
-            while True:
-                handle.write(b"\0" * 65536)
-                handle.flush()
-        except OSError:
-            pass
-        with pytest.raises(OSError):
-            for _ in range(64):
-                handle.write(b"\0" * 512)
-                handle.flush()
 
 
 def test_full_disk_fails_writes_keeps_reads_and_recovers(server_factory: ServerFactory, small_disk: Path) -> None:
@@ -90,7 +65,7 @@ def test_full_disk_fails_writes_keeps_reads_and_recovers(server_factory: ServerF
         server.call("POST", f"secret/data/before/{i}", token=root, json_body={"data": {"i": i}})
         acknowledged[f"before/{i}"] = i
 
-    fill(small_disk / "filler")
+    fill_up(small_disk / "filler")
     failed: requests.Response | None = None
     payload = "x" * 8192
     for i in range(400):  # until the space SQLite had left (its log, its pages) is gone too
