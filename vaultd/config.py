@@ -178,6 +178,7 @@ class Config:
     away from (the agent still unwraps with it until the move is done)."""
     unsealer: UnsealerConfig | None = None
     api_addr: str | None = None
+    cluster_addr: str | None = None
     cluster_name: str | None = None
     default_lease_ttl: int = DEFAULT_LEASE_TTL
     max_lease_ttl: int = DEFAULT_LEASE_TTL
@@ -188,6 +189,10 @@ class Config:
     path: str | None = None
     ui: bool = False
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+
+    @property
+    def ha_enabled(self) -> bool:
+        return self.storage.type == "postgresql" and self.storage.options.get("ha_enabled") == "true"
 
 
 def _read_text(path: str) -> str:
@@ -319,6 +324,9 @@ class _Builder:
             else:
                 self.warn_unknown(at)
         self.pick_seals(seals, config)
+        if config.ha_enabled and not config.api_addr:
+            raise ConfigError(self.source, None, "api_addr", "ha_enabled needs api_addr: the URL other nodes "
+                              "redirect clients to, e.g. api_addr = \"http://10.0.0.1:8200\"")
         if storage_seen is None and not self.dev:
             reason = 'a storage block is required, e.g. storage "file" { path = "..." }'
             raise ConfigError(self.source, None, "storage", reason)
@@ -367,12 +375,17 @@ class _Builder:
     def postgresql_options(self, at: _At, body: dict[str, object]) -> dict[str, str]:
         """Vault's keys.  ``connection_url`` may be left out (Vault's
         ``VAULT_PG_CONNECTION_URL``, else libpq's ``PG*`` environment).
-        ``ha_enabled = true`` is refused: without an active node holding a
-        lock, two servers on one database would both write (and each serve
-        from its own cache); that comes with HA."""
+        ``ha_enabled = true`` makes the nodes on one database elect one
+        active node (vaultd/core/ha.py); it needs ``api_addr``, where the
+        standbys send their clients."""
         options = self.string_options(at, body, POSTGRESQL_KEYS)
-        if "ha_enabled" in options and self.boolean(at.child("ha_enabled"), options["ha_enabled"]):
-            self.fail(at.child("ha_enabled"), "ha_enabled is not supported yet (one vaultd server per database)")
+        if "ha_enabled" in options:
+            # Normalised, so that the server reads one spelling.
+            options["ha_enabled"] = "true" if self.boolean(at.child("ha_enabled"), options["ha_enabled"]) else "false"
+        ha_table = options.get("ha_table")
+        if ha_table is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]{0,59}", ha_table):
+            self.fail(at.child("ha_table"), "must be a table name: a letter or _, then letters, digits, _ or $ "
+                                            "(at most 60)")
         if "max_parallel" in options and self.integer(at.child("max_parallel"), options["max_parallel"]) < 1:
             self.fail(at.child("max_parallel"), "must be at least 1")
         table = options.get("table")
@@ -562,6 +575,15 @@ def _set_api_addr(b: _Builder, at: _At, value: object, config: Config) -> None:
     config.api_addr = text
 
 
+def _set_cluster_addr(b: _Builder, at: _At, value: object, config: Config) -> None:
+    """Reported by ``sys/leader``; vaultd forwards nothing over it (standbys redirect)."""
+    text = b.string(at, value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        b.fail(at, f"{text!r}: expected a URL like https://vault.example.com:8201")
+    config.cluster_addr = text
+
+
 def _set_cluster_name(b: _Builder, at: _At, value: object, config: Config) -> None:
     config.cluster_name = b.string(at, value) or None
 
@@ -600,6 +622,7 @@ def _set_threads(b: _Builder, at: _At, value: object, config: Config) -> None:
 
 _SCALARS = {
     "api_addr": _set_api_addr,
+    "cluster_addr": _set_cluster_addr,
     "cluster_name": _set_cluster_name,
     "default_lease_ttl": _set_default_lease_ttl,
     "max_lease_ttl": _set_max_lease_ttl,

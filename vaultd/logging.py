@@ -105,6 +105,13 @@ EVENTS: dict[str, Event] = {
         Event("unsealer_stood_aside", "0bd83a2e34464841b716584215a1bf34", logging.WARNING,
               "the unsealer agent does not unseal: the daemon is migrating from shamir, or no longer uses the "
               "agent's (disabled) seal"),
+        Event("became_active", "296b9a36b1c94d5bb616603b2ad8aa06", logging.WARNING,
+              "HA: this node took the lock and is now the active node (caches dropped, state reloaded)"),
+        Event("became_standby", "167ab3ad38e84f49b85fdda771966918", logging.INFO,
+              "HA: this node is unsealed and a standby; requests are redirected to the active node"),
+        Event("lost_lock", "b4ae5e450d3c427b858b94be7e036a39", logging.ERROR,
+              "HA: the active node could not renew its lock in time (or found it taken) and stopped serving "
+              "as active"),
     )
 }
 

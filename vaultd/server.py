@@ -41,9 +41,10 @@ from vaultd.api.sys_vaultd import CHANNEL_CONFIG_KEY
 from vaultd.config import Config, ConfigError, dev_config, load_config
 from vaultd.core import seal_migration
 from vaultd.core.core import Core, CoreSettings
+from vaultd.core.ha import HAManager, open_ha
 from vaultd.core.lifecycle import InitRequest
 from vaultd.core.router import new_mount
-from vaultd.core.seal_state import SharedSealState
+from vaultd.core.seal_state import HA_ACTIVE, HA_STANDBY, SharedSealState
 from vaultd.errors import StorageError
 from vaultd.hardening import disable_core_dumps
 from vaultd.logging import log_event, route_to_root, set_log_level, setup_logging
@@ -104,6 +105,7 @@ class Notifier:
         self._last_generation: int | None = None
         self._pid = os.getpid()
         self._busy = threading.Lock()
+        self.ha_enabled = False
         self.on_seal: Callable[[], None] | None = None
         """Called (from the notifier's thread) when the server was sealed
         since the last poll: the arbiter then replaces its workers."""
@@ -139,6 +141,13 @@ class Notifier:
         if config is None:
             return "uninitialized", "uninitialized: run vaultctl operator init"
         if self.shared.unsealed:
+            if self.ha_enabled:
+                ha = self.shared.ha()
+                if ha.role == HA_ACTIVE and ha.active(time.monotonic()):
+                    return "unsealed", f"unsealed, active, {self.workers} workers"
+                if ha.role == HA_STANDBY:
+                    return "unsealed", f"unsealed, standby (active: {ha.api_addr or 'none yet'})"
+                return "unsealed", "unsealed, HA role not decided yet"
             return "unsealed", f"unsealed, {self.workers} workers"
         if self.shared.sealed_by_operator:
             return "operator", "sealed by operator"
@@ -321,6 +330,7 @@ class VaultdApplication(gunicorn.app.base.BaseApplication):
         self.settings = settings
         self.notifier = notifier
         self.agent_channel: AgentChannel | None = agent_channel
+        self.ha_manager: HAManager | None = None
         self._loaded_once = False
         super().__init__()
 
@@ -413,10 +423,14 @@ class VaultdApplication(gunicorn.app.base.BaseApplication):
     def _when_ready(self, _arbiter: Any) -> None:
         if self.notifier is not None:
             self.notifier.start()
+        if self.ha_manager is not None:
+            self.ha_manager.start()
 
     def _on_exit(self, _arbiter: Any) -> None:
         if self.notifier is not None:
             self.notifier.stopping()
+        if self.ha_manager is not None:
+            self.ha_manager.stop()  # the next node takes over now, not when the lease expires
         metrics.remove_directory(metrics.directory())
         checkpoint = getattr(self.physical, "checkpoint_at_stop", None)
         if checkpoint is not None:  # every worker is gone: the log can be emptied
@@ -459,8 +473,10 @@ def build(config: Config) -> tuple[Storage, SharedSealState, CoreSettings]:
         storage_type=config.storage.type,
         default_lease_ttl=config.default_lease_ttl,
         max_lease_ttl=config.max_lease_ttl,
+        ha_enabled=config.ha_enabled,
     )
     return physical, shared, settings
+
 
 
 def open_agent_channel(config: Config) -> AgentChannel | None:
@@ -513,6 +529,9 @@ def serve(args: argparse.Namespace) -> int:
             serverlock.hold_for_server(config.storage.options["path"])
         elif config.storage.type == "postgresql":
             physical.refuse_during_migration()  # type: ignore[attr-defined]
+        ha_manager = (open_ha(physical, shared, ha_table=config.storage.options.get("ha_table") or "",
+                              api_addr=config.api_addr or "", cluster_addr=config.cluster_addr or "")
+                      if config.ha_enabled else None)
     except (ConfigError, ValueError, StorageError) as exc:
         print(f"Error starting vaultd: {exc}", file=sys.stderr)
         return 1
@@ -536,6 +555,8 @@ def serve(args: argparse.Namespace) -> int:
     app = VaultdApplication(config, physical=physical, shared=shared, settings=settings, notifier=notifier,
                             agent_channel=agent_channel)
     notifier.workers = app.worker_count
+    notifier.ha_enabled = ha_manager is not None
+    app.ha_manager = ha_manager
     banner.show(config, settings.seal, app.worker_count)
     log.info("vaultd %s starting: storage %s, seal %s", __version__, config.storage.type,
              settings.seal.type if settings.seal else "shamir")

@@ -32,8 +32,7 @@ def test_connection_url_may_come_from_the_environment() -> None:
 
 
 @pytest.mark.parametrize(("body", "key", "reason"), [
-    ('  ha_enabled = "true"', "ha_enabled", "ha_enabled is not supported yet"),
-    ("  ha_enabled = true", "ha_enabled", "ha_enabled is not supported yet"),
+    ('  ha_table = "locks; DROP TABLE x"', "ha_table", "must be a table name"),
     ('  ha_enabled = "maybe"', "ha_enabled", "expected a boolean"),
     ("  max_parallel = 0", "max_parallel", "must be at least 1"),
     ('  max_parallel = "lots"', "max_parallel", "expected an integer"),
@@ -46,6 +45,18 @@ def test_bad_values_are_refused_with_the_key(body: str, key: str, reason: str) -
     assert info.value.key == f"storage.postgresql.{key}"
     assert reason in info.value.reason
     assert info.value.line == 2
+
+
+@pytest.mark.parametrize("value", ['"true"', "true", '"1"'])
+def test_ha_enabled_needs_api_addr(value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(config(f"  ha_enabled = {value}"), "vaultd.hcl")
+    assert info.value.key == "api_addr"
+    assert "ha_enabled needs api_addr" in info.value.reason
+    parsed = parse_config(config(f"  ha_enabled = {value}") + '\napi_addr = "http://10.0.0.1:8200"\n'
+                          'cluster_addr = "https://10.0.0.1:8201"\n', "vaultd.hcl")
+    assert parsed.ha_enabled and parsed.storage.options["ha_enabled"] == "true"
+    assert parsed.cluster_addr == "https://10.0.0.1:8201"
 
 
 def test_unknown_keys_warned_not_fatal(caplog: pytest.LogCaptureFixture) -> None:

@@ -52,7 +52,8 @@ def test_message_ids_are_unique_128_bit_ids() -> None:
                                 "generate_root_failed", "generate_root_completed",
                                 "rekey_started", "rekey_cancelled", "rekey_failed", "rekey_completed",
                                 "seal_migration_pending", "seal_migration_key_received", "seal_migration_completed",
-                                "seal_migration_failed", "unsealer_stood_aside"}
+                                "seal_migration_failed", "unsealer_stood_aside",
+                                "became_active", "became_standby", "lost_lock"}
 
 
 def test_docs_list_every_event_with_its_id_and_priority() -> None:

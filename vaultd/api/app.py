@@ -12,6 +12,7 @@ from vaultd.api import (
     sys_audit,
     sys_auth,
     sys_generate_root,
+    sys_ha,
     sys_health,
     sys_init,
     sys_leases,
@@ -48,7 +49,7 @@ def create_app(core: Core, *, max_request_size: int | None = DEFAULT_MAX_REQUEST
     # The system blueprints first; the logical catch-all takes the rest.
     blueprints = (sys_init.bp, sys_seal.bp, sys_health.bp, sys_mounts.bp, sys_auth.bp, sys_policy.bp, sys_remount.bp,
                   sys_wrapping.bp, sys_leases.bp, sys_vaultd.bp, sys_snapshot.bp, sys_audit.bp, sys_generate_root.bp,
-                  sys_rekey.bp, sys_metrics.bp, auth_token.bp)
+                  sys_rekey.bp, sys_metrics.bp, sys_ha.bp, auth_token.bp)
     for blueprint in (*blueprints, logical.bp):
         app.register_blueprint(blueprint)
     app.extensions[logical.SYSTEM_ROUTES] = logical.system_routes(app.url_map)
@@ -60,6 +61,9 @@ def create_app(core: Core, *, max_request_size: int | None = DEFAULT_MAX_REQUEST
     app.after_request(add_ignored_warning)
     # The fast path also audits (vaultd.api.auditing) what it or Flask answers.
     app.wsgi_app = FastPath(app.wsgi_app, core, max_request_size=app.config["MAX_CONTENT_LENGTH"])  # type: ignore[method-assign]
+    if core.settings.ha_enabled:
+        # A standby redirects before anything else reads the request.
+        app.wsgi_app = sys_ha.StandbyGate(app.wsgi_app, core.shared)  # type: ignore[method-assign]
     # Outermost of all, so that every answer is counted, whoever gave it.
     app.wsgi_app = RequestMetrics(app.wsgi_app)  # type: ignore[method-assign]
 

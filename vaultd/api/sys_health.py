@@ -10,6 +10,7 @@ from flask.typing import ResponseReturnValue
 
 from vaultd import __version__
 from vaultd.api.http import core, raw_json
+from vaultd.api.sys_ha import leader_body
 from vaultd.errors import BadRequest
 
 bp = Blueprint("sys_health", __name__)
@@ -23,7 +24,7 @@ _DEFAULT_CODES = {
     "sealedcode": 503,
     "uninitcode": 501,
 }
-"""Vault's defaults; this single node never uses the standby ones, but
+"""Vault's defaults; a node without HA never uses the standby ones, but
 they are still validated."""
 
 
@@ -51,10 +52,12 @@ def health() -> ResponseReturnValue:
     lifecycle.refresh()
     config = lifecycle.seal_config()
     sealed = lifecycle.barrier.sealed
+    the_core = core()
+    standby = sealed or (the_core.settings.ha_enabled and not the_core.shared.ha().active(time.monotonic()))
     body = {
         "initialized": config is not None,
         "sealed": sealed,
-        "standby": sealed,
+        "standby": standby,
         "replication_performance_mode": "unknown" if sealed else "disabled",
         "replication_dr_mode": "unknown" if sealed else "disabled",
         "server_time_utc": int(time.time()),
@@ -67,6 +70,8 @@ def health() -> ResponseReturnValue:
         status = codes["uninitcode"]
     elif sealed:
         status = codes["sealedcode"]
+    elif standby and not _flag("standbyok"):
+        status = codes["standbycode"]
     else:
         status = codes["activecode"]
     if request.method == "HEAD":
@@ -76,5 +81,13 @@ def health() -> ResponseReturnValue:
 
 @bp.get("/v1/sys/leader")
 def leader() -> ResponseReturnValue:
-    # A single node without HA: the shape OpenBao gives when HA is off.
-    return raw_json({"ha_enabled": False})
+    the_core = core()
+    if not the_core.settings.ha_enabled:
+        # A single node without HA: the shape OpenBao gives when HA is off.
+        return raw_json({"ha_enabled": False})
+    return raw_json(leader_body(the_core.shared))
+
+
+def _flag(name: str) -> bool:
+    """A boolean query parameter the way Go's strconv.ParseBool reads it."""
+    return request.args.get(name, "").lower() in ("1", "t", "true")

@@ -19,8 +19,10 @@ EXIT_SEALED = 2
 EXIT_ERROR = 1
 
 
-def seal_status_rows(status: dict[str, object], ha_enabled: bool | None) -> list[tuple[str, object]]:
-    """Vault's ``status`` rows; progress only while sealed, as Vault does."""
+def seal_status_rows(status: dict[str, object], ha_enabled: bool | None,
+                     leader: dict[str, object] | None = None) -> list[tuple[str, object]]:
+    """Vault's ``status`` rows; progress only while sealed, as Vault does;
+    with HA, the node's mode and the active node (``leader``: sys/leader)."""
     recovery = bool(status.get("recovery_seal"))
     rows: list[tuple[str, object]] = [("Seal Type", status.get("type", ""))]
     if recovery:
@@ -46,26 +48,34 @@ def seal_status_rows(status: dict[str, object], ha_enabled: bool | None) -> list
         rows.append(("Cluster ID", status["cluster_id"]))
     if ha_enabled is not None:
         rows.append(("HA Enabled", ha_enabled))
+    if ha_enabled and leader and not status.get("sealed"):
+        if leader.get("leader_cluster_address"):
+            rows.append(("HA Cluster", leader["leader_cluster_address"]))
+        if leader.get("is_self"):
+            rows += [("HA Mode", "active"), ("Active Since", leader.get("active_time", ""))]
+        else:
+            rows += [("HA Mode", "standby"), ("Active Node Address", leader.get("leader_address") or "<none>")]
     return rows
 
 
-def _ha_enabled(ctx: Context) -> bool | None:
-    """``sys/leader``'s flag, or None if it cannot be had (not worth failing
-    a status check over)."""
+def _leader(ctx: Context) -> dict[str, object]:
+    """``sys/leader``, or {} if it cannot be had (not worth failing a
+    status check over)."""
     try:
         body = ctx.client.request("GET", "sys/leader").body or {}
     except ClientError:
-        return None
-    value = body.get("ha_enabled")
-    return value if isinstance(value, bool) else None
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def _show_seal_status(ctx: Context, status: dict[str, object]) -> None:
-    ha = _ha_enabled(ctx)
+    leader = _leader(ctx)
+    value = leader.get("ha_enabled")
+    ha = value if isinstance(value, bool) else None
     if ctx.json:
         print_json({**status, **({"ha_enabled": ha} if ha is not None else {})})
     else:
-        out(table(seal_status_rows(status, ha)))
+        out(table(seal_status_rows(status, ha, leader)))
 
 
 def run_status(ctx: Context) -> int:

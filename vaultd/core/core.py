@@ -33,7 +33,7 @@ from vaultd.core.router import (
     new_auth_mount,
     new_mount,
 )
-from vaultd.core.seal_state import EPOCH_MOUNTS, EPOCH_POLICIES, SharedSealState
+from vaultd.core.seal_state import EPOCH_HA, EPOCH_MOUNTS, EPOCH_POLICIES, SharedSealState
 from vaultd.core.token_roles import TokenRoles
 from vaultd.core.tokens import TokenEntry, TokenStore
 from vaultd.core.wrapping import Wrapping, requested_wrap_ttl
@@ -68,6 +68,8 @@ class CoreSettings:
     storage_type: str = "inmem"
     default_lease_ttl: int = 768 * 3600
     max_lease_ttl: int = 768 * 3600
+    ha_enabled: bool = False
+    """storage ``ha_enabled``: one active node, standbys redirect (core/ha.py)."""
 
 
 class Core:
@@ -104,6 +106,9 @@ class Core:
         self.wrapping = Wrapping(self)
         self.audit = Audit(self, shared)
         self.generate_root = RootGeneration(self.lifecycle, shared, self._mint_root)
+        self._seen_ha_epoch = shared.epoch(EPOCH_HA)
+        if settings.ha_enabled:
+            self.lifecycle.stale_risk = lambda: not shared.ha().active(time.monotonic())
 
     def _token_store(self, barrier: Storage) -> TokenStore:
         return TokenStore(
@@ -136,6 +141,14 @@ class Core:
 
     def begin(self) -> None:
         """Called first by every request that needs the barrier open."""
+        ha_epoch = self.shared.epoch(EPOCH_HA)
+        if ha_epoch != self._seen_ha_epoch:
+            # This node just became the active HA node: other nodes wrote
+            # the shared database meanwhile, so nothing cached is trusted
+            # (the keyring too: its epoch was bumped with this one, and is
+            # read again below from the emptied cache).
+            self._seen_ha_epoch = ha_epoch
+            self._drop_caches()
         self.lifecycle.refresh()
         if self.barrier.sealed:
             self.lifecycle.require_unsealed()
@@ -211,6 +224,11 @@ class Core:
         self.lifecycle.seal_now(by_operator=True)
         self.lifecycle.refresh()  # this worker's caches go now, not at its next request
 
+    def serving_writes(self) -> bool:
+        """False on an HA standby: background writes (the token tidy) are
+        the active node's; a standby's would be refused by the fence."""
+        return not self.settings.ha_enabled or self.shared.ha().active(time.monotonic())
+
     def watch_seal(
         self, interval: float = SEAL_WATCH_INTERVAL, *, stop: threading.Event | None = None
     ) -> threading.Thread:
@@ -229,7 +247,7 @@ class Core:
             while not stopped.wait(interval):
                 try:
                     self.lifecycle.refresh()
-                    if time.monotonic() >= next_tidy and not self.barrier.sealed:
+                    if time.monotonic() >= next_tidy and not self.barrier.sealed and self.serving_writes():
                         next_tidy = time.monotonic() + TOKEN_TIDY_INTERVAL
                         self.tokens.tidy()
                     said = ""

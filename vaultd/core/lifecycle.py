@@ -151,6 +151,10 @@ class Lifecycle:
         self._seen_generation = -1
         self._seen_keyring_epoch = -1
         self._config: SealConfig | None = None
+        self.stale_risk: Callable[[], bool] | None = None
+        """HA (set by the core): True while other nodes may write the
+        store (this node is not the active one); the seal configuration is
+        then read afresh, past the cache, every time."""
         self._config_epoch = -1
         self.disabled_seal_type = disabled_seal_type
         self._migration: tuple[int, Migration | None] = (-1, None)
@@ -204,6 +208,12 @@ class Lifecycle:
 
     def seal_config(self) -> SealConfig | None:
         epoch = self.shared.epoch(EPOCH_INIT)
+        if self.stale_risk is not None and self.stale_risk():
+            # Another node may have initialised, rekeyed or migrated the seal.
+            clear = getattr(self.physical, "clear", None)
+            if clear is not None:
+                clear()
+            self._config = None
         if self._config is None or epoch != self._config_epoch:
             blob = self.physical.get(SEAL_CONFIG)
             self._config = SealConfig.from_json(blob) if blob else None

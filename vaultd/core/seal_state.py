@@ -65,7 +65,17 @@ _CEREMONY_HEADER = struct.Struct("<16sHHH2x104s")
 MAX_CEREMONY_EXTRA = 104
 _CEREMONY_AREA = _CEREMONY_HEADER.size + MAX_PARTS * MAX_PART_LEN
 _CEREMONIES_OFFSET = _SLOTS_OFFSET + 8 * SLOT_COUNT
-_SIZE = mmap.PAGESIZE * ((_CEREMONIES_OFFSET + _CEREMONY_COUNT * _CEREMONY_AREA) // mmap.PAGESIZE + 1)
+# HA (core/ha.py): what the master's HA thread decided, for every worker.
+# role, step-down requests, active since (wall clock), lease deadline
+# (CLOCK_MONOTONIC, the same in every process of the machine), leader id,
+# leader api_addr, leader cluster_addr.
+_HA_OFFSET = _CEREMONIES_OFFSET + _CEREMONY_COUNT * _CEREMONY_AREA
+_HA = struct.Struct("<IIdd16s256s256s")
+_SIZE = mmap.PAGESIZE * ((_HA_OFFSET + _HA.size) // mmap.PAGESIZE + 1)
+HA_OFF = 0
+"""HA is not enabled, or the node is sealed: no role."""
+HA_STANDBY = 1
+HA_ACTIVE = 2
 
 FLAG_UNSEALED = 1
 FLAG_SEALED_BY_OPERATOR = 2
@@ -82,6 +92,9 @@ EPOCH_INIT = 3
 COUNTER_ENCRYPTIONS = 4
 # The audit device table (see core/audit.py).
 EPOCH_AUDIT = 5
+# Bumped when this node becomes the active HA node: other nodes wrote the
+# shared database meanwhile, so every worker drops everything it cached.
+EPOCH_HA = 6
 
 
 class SharedSealState:
@@ -291,6 +304,45 @@ class SharedSealState:
     def clear_ceremony(self, area: int) -> None:
         offset = _CEREMONIES_OFFSET + area * _CEREMONY_AREA
         self._mm[offset : offset + _CEREMONY_AREA] = bytes(_CEREMONY_AREA)
+
+
+    # -- HA (written by the master's HA thread; read by every worker) -----------
+
+    def ha(self) -> HAState:
+        role, step_downs, since, deadline, leader, api, cluster = _HA.unpack_from(self._mm, _HA_OFFSET)
+        return HAState(role, step_downs, since, deadline, leader.hex() if leader != bytes(16) else "",
+                       api.rstrip(b"\0").decode(), cluster.rstrip(b"\0").decode())
+
+    def set_ha(self, role: int, *, since: float = 0.0, deadline: float = 0.0, leader: str = "",
+               api_addr: str = "", cluster_addr: str = "") -> None:
+        """Publish the node's role; keeps the step-down counter."""
+        with self.locked():
+            step_downs = struct.unpack_from("<I", self._mm, _HA_OFFSET + 4)[0]
+            _HA.pack_into(self._mm, _HA_OFFSET, role, step_downs, since, deadline,
+                          bytes.fromhex(leader) if leader else bytes(16),
+                          api_addr.encode()[:256], cluster_addr.encode()[:256])
+
+    def request_step_down(self) -> None:
+        with self.locked():
+            offset = _HA_OFFSET + 4
+            struct.pack_into("<I", self._mm, offset, struct.unpack_from("<I", self._mm, offset)[0] + 1)
+
+
+@dataclass(frozen=True)
+class HAState:
+    role: int
+    step_downs: int
+    since: float
+    deadline: float
+    leader: str
+    api_addr: str
+    cluster_addr: str
+
+    def active(self, now: float) -> bool:
+        """Active and within the lease as last renewed (``now`` is
+        ``time.monotonic()``): a node whose HA thread is stuck stops
+        answering as active at the deadline, whatever the thread does."""
+        return self.role == HA_ACTIVE and now < self.deadline
 
 
 @dataclass(frozen=True)

@@ -38,10 +38,11 @@ and the escape character ``\\x01`` are stored as ``\\x01\\x01`` and
   lock takes a shared lock on the table's "all" key and an exclusive one on
   the name's; the empty name and subtree names (``a/``) take "all"
   exclusively.
-- One server per database: the read cache above this backend
+- One server per database without HA: the read cache above this backend
   (:mod:`vaultd.storage.cache`) is exact across the workers of one machine
-  only.  Several servers on one database need HA (one active node), which
-  is not built yet; ``ha_enabled = true`` is refused by the config loader.
+  only.  With ``ha_enabled`` one node is active (:mod:`vaultd.core.ha`),
+  and :meth:`PostgresStorage.fence` makes every write of an unsealed node
+  check, in its own transaction, that the node still holds the lease.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
 from vaultd.errors import StorageError
-from vaultd.storage.base import Op, Put, Storage
+from vaultd.storage.base import Delete, Op, Put, Storage
 from vaultd.storage.keys import check_key, split_prefix
 
 log = logging.getLogger("vaultd.storage")
@@ -209,7 +210,22 @@ class PostgresStorage(Storage):
         self._down_pid = 0
         """This pid found PostgreSQL unreachable: probe before using the pool."""
         self._local = _ThreadState()
+        self._fence: tuple[sql.Composed, str, Callable[[], bool]] | None = None
         self._setup(create)
+
+    def fence(self, ha_table: str, identity: str, when: Callable[[], bool]) -> None:
+        """HA: while ``when()`` (the node is unsealed), every write is one
+        transaction that first holds this node's lease row in ``ha_table``
+        (see :mod:`vaultd.storage.pg_halock`) and fails if the lease is not
+        this node's or has expired: a node that lost the lock cannot
+        acknowledge a write, whatever its own threads believe.  Set in the
+        master before the fork, so every worker inherits it."""
+        from vaultd.storage.pg_halock import fence_query
+
+        self._fence = (fence_query(ha_table), identity, when)
+
+    def _fenced(self) -> bool:
+        return self._fence is not None and self._fence[2]()
 
     def __repr__(self) -> str:
         return f"PostgresStorage(table={self._table!r})"
@@ -217,6 +233,11 @@ class PostgresStorage(Storage):
     @property
     def table(self) -> str:
         return self._table
+
+    @property
+    def conninfo(self) -> str:
+        """The connection string (may hold a password: never log it)."""
+        return self._conninfo
 
     # -- set-up ----------------------------------------------------------------
 
@@ -327,6 +348,13 @@ class PostgresStorage(Storage):
     @staticmethod
     def _configure(conn: psycopg.Connection[Any]) -> None:
         conn.execute("SELECT set_config('lock_timeout', %s, false)", (LOCK_TIMEOUT,))
+        # A node cut off mid-transaction must not hold its row locks (the HA
+        # lease row among them, see pg_halock.py) for the operating system's
+        # two-hour keepalive: the server drops such a session within seconds.
+        conn.execute("SELECT set_config('idle_in_transaction_session_timeout', '10s', false), "
+                     "set_config('tcp_keepalives_idle', '5', false), "
+                     "set_config('tcp_keepalives_interval', '2', false), "
+                     "set_config('tcp_keepalives_count', '3', false)")
 
     def close(self) -> None:
         """Close this process's pool (a one-shot command's; a server's
@@ -415,11 +443,17 @@ class PostgresStorage(Storage):
         return self._run("read", work)
 
     def put(self, key: str, value: bytes) -> None:
+        if self._fenced():
+            self.transaction([Put(key, value)])
+            return
         check_key(key)
         row = (*split_row(_escape(key)), bytes(value))
         self._run("write", lambda conn: conn.execute(self._q_put, row))
 
     def delete(self, key: str) -> None:
+        if self._fenced():
+            self.transaction([Delete(key)])
+            return
         check_key(key)
         _, path, name = split_row(_escape(key))
         self._run("write", lambda conn: conn.execute(self._q_delete, (path, name)))
@@ -436,9 +470,15 @@ class PostgresStorage(Storage):
                 steps.append((False, (path, name)))
         if not steps:
             return
+        fence = self._fence if self._fenced() else None
 
         def work(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction(), conn.cursor() as cur:
+                if fence is not None:
+                    from vaultd.storage.pg_halock import LOCK_KEY
+
+                    if cur.execute(fence[0], (LOCK_KEY, fence[1])).fetchone() is None:
+                        raise psycopg.errors.RaiseException("this node does not hold the HA lock (standby)")
                 start = 0
                 while start < len(steps):  # runs of one kind, each one executemany
                     kind = steps[start][0]
