@@ -1,0 +1,147 @@
+"""What a pool thread of :class:`vaultd.httpworker.BufferingWorker` does
+with a request the event loop has read whole: parse it with gunicorn's own
+parser from the buffer, run the WSGI app, write the answer, and hand the
+connection back to the loop.
+
+Split from the worker, whose module is the event loop (buffering, deadlines,
+the memory budget); this one is what gunicorn's threaded worker does per
+request, on the parts of gunicorn that are the same in 20.1 and 27.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import ssl
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from gunicorn import http as ghttp
+from gunicorn.http import errors as gerrors
+from gunicorn.http import wsgi as gwsgi
+
+from vaultd.httpframe import error_response
+
+if TYPE_CHECKING:
+    from vaultd.httpworker import Connection
+
+_PARSE_STATUS = {
+    "LimitRequestLine": 414,
+    "LimitRequestHeaders": 431,
+    "ExpectationFailed": 417,
+    "UnsupportedTransferCoding": 501,
+}
+
+
+class PoolRequests:
+    """Mixed into the worker; runs in its pool threads.  Uses the worker's
+    ``cfg``, ``log``, ``wsgi``, ``alive``, ``nr``/``max_requests``,
+    ``write_timeout``, ``_conns``, ``_done`` and ``_wake_w``."""
+
+    cfg: Any
+    log: Any
+    wsgi: Any
+    alive: bool
+    nr: int
+    max_requests: int
+    write_timeout: float
+    _conns: Any
+    _done: Any
+    _wake_w: int
+
+    def _serve(self, conn: Connection, data: bytes) -> None:
+        keepalive = False
+        req = None
+        try:
+            conn.sock.settimeout(self.write_timeout)
+            parser = ghttp.RequestParser(self.cfg, [data], conn.client)
+            req = next(parser)
+            keepalive = self._handle_request(req, conn)
+        except StopIteration:
+            pass
+        except gerrors.ParseException as exc:
+            # gunicorn's messages quote the offending line, which may hold a
+            # token: neither the log nor the answer repeats it.
+            name = type(exc).__name__
+            self.log.info("bad request from %s: %s", conn.address or "unix", name)
+            self._send_error(conn, _PARSE_STATUS.get(name, 400), f"malformed request: {name}")
+        except (gerrors.NoMoreData, gerrors.InvalidChunkSize, gerrors.ChunkMissingTerminator) as exc:
+            # IOErrors in gunicorn 20.1: a body gunicorn reads otherwise than the frame.
+            self.log.info("bad request from %s: %s", conn.address or "unix", type(exc).__name__)
+            self._send_error(conn, 400, f"malformed request: {type(exc).__name__}")
+        except ssl.SSLError as exc:
+            self.log.debug("TLS error while serving a request: %s", type(exc).__name__)
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN) and not isinstance(exc, TimeoutError):
+                self.log.exception("Socket error processing request.")
+        except Exception:
+            self.log.exception("Error handling request")
+            self._send_error(conn, 500, "internal error")
+        finally:
+            if keepalive:
+                try:
+                    conn.sock.setblocking(False)
+                except OSError:
+                    keepalive = False
+            self._done.append((conn, keepalive))
+            try:
+                os.write(self._wake_w, b"x")
+            except (BlockingIOError, OSError):
+                pass  # a full pipe wakes the loop as well
+
+    def _send_error(self, conn: Connection, status: int, message: str) -> None:
+        try:
+            conn.sock.sendall(error_response(status, message))
+        except (OSError, ValueError):
+            pass
+
+    def _handle_request(self, req: Any, conn: Connection) -> bool:
+        """gunicorn's request handling, as its threaded worker does it; True
+        to keep the connection open."""
+        environ: dict[str, Any] = {}
+        resp = None
+        # The whole body is already here: an "HTTP/1.1 100 Continue" from
+        # wsgi.create would come after it (the loop sent one if needed).
+        req.headers = [(name, value) for name, value in req.headers if name != "EXPECT"]
+        if getattr(req, "_expected_100_continue", False):
+            req._expected_100_continue = False
+        try:
+            self.cfg.pre_request(self, req)
+            request_start = datetime.now()
+            resp, environ = gwsgi.create(req, conn.sock, conn.client, conn.server, self.cfg)
+            environ["wsgi.multithread"] = True
+            self.nr += 1
+            if self.nr >= self.max_requests:
+                if self.alive:
+                    self.log.info("Autorestarting worker after current request.")
+                    self.alive = False
+                resp.force_close()
+            if not self.alive or not self.cfg.keepalive:
+                resp.force_close()
+            elif len(self._conns) >= int(self.cfg.worker_connections) - int(self.cfg.threads):
+                resp.force_close()
+            respiter = self.wsgi(environ, resp.start_response)
+            try:
+                if isinstance(respiter, environ["wsgi.file_wrapper"]):
+                    resp.write_file(respiter)
+                else:
+                    for item in respiter:
+                        resp.write(item)
+                resp.close()
+            finally:
+                self.log.access(resp, req, environ, datetime.now() - request_start)
+                if hasattr(respiter, "close"):
+                    respiter.close()
+            return not resp.should_close()
+        except OSError:
+            raise
+        except Exception:
+            if resp is not None and resp.headers_sent:
+                self.log.exception("Error handling request")
+                raise StopIteration() from None
+            raise
+        finally:
+            try:
+                self.cfg.post_request(self, req, environ, resp)
+            except Exception:
+                self.log.exception("Exception in post_request hook")
