@@ -25,6 +25,12 @@ keep the run short:
    applied by SIGHUP, as OpenBao 2.x requires), both logs in the work
    directory; run after 1-4 and the idle memory, and the devices removed
    before the restarts, so that no other number pays for the audit.
+9. HA (``--no-ha`` leaves it out; skipped with a note when PostgreSQL is not
+   installed): three vaultd nodes on a local PostgreSQL, after the other
+   servers have stopped: scenarios 1 and 2 through the active node and sent
+   to a standby (its 307 answer), beside OpenBao's raft numbers of 1 and 2;
+   and failover time over ``--failovers`` kills of the active node
+   (:mod:`bench.ha`).
 
 The table goes to stdout and ``bench/results/latest.md``; every round's raw
 numbers and the machine's facts to ``bench/results/latest.json``.
@@ -42,9 +48,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from bench import procs, report, wrk
+from bench import ha, procs, report, wrk
 from bench.servers import AUDIT_PATH, OpenBao, Server, ServerError, Vaultd, private_dir
 
 HERE = Path(__file__).resolve().parent
@@ -82,6 +88,32 @@ def loads(secrets: int) -> list[Load]:
     ]
 
 
+HA_LOADS = (
+    Load("ha_write", "HA KV v2 write", "secret/data/bench/write", "write.lua", 16),
+    Load("ha_read", "HA KV v2 read, one secret", "secret/data/bench/one", "read.lua", 64),
+)
+"""Scenario 9: scenarios 2 and 1 on the HA cluster (write first: a fresh
+secret's versions do not pile up under the read)."""
+
+
+class Named(Protocol):
+    """What results are filed under: a server, or one role in the HA cluster."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Role:
+    """An HA node measured in a role (``ha_active``, ``ha_standby``)."""
+
+    key: str
+    name: str
+
+
 AUDITED = Load("kv_read_audit", "KV v2 read, file audit", "secret/data/bench/one", "read.lua", 64)
 """Scenario 8: scenario 1 while one file audit device is enabled."""
 
@@ -112,7 +144,7 @@ class Results:
         self.runs: list[dict[str, Any]] = []
         self.notes: list[str] = []
 
-    def add(self, metric: str, server: Server, value: float) -> None:
+    def add(self, metric: str, server: Named, value: float) -> None:
         self.values.setdefault(metric, {}).setdefault(server.key, []).append(value)
 
 
@@ -150,7 +182,7 @@ def measure_loads(servers: list[Server], args: argparse.Namespace, results: Resu
                 record(results, server, load, result, round_number)
 
 
-def record(results: Results, server: Server, load: Load, result: wrk.WrkResult, round_number: int) -> None:
+def record(results: Results, server: Named, load: Load, result: wrk.WrkResult, round_number: int) -> None:
     """One wrk run into the results, the raw runs and, if it saw errors, the notes."""
     say(
         f"round {round_number} {load.title:<24} {server.name:<15} {result.requests_per_second:9,.0f} req/s"
@@ -200,6 +232,40 @@ def measure_audited(servers: list[Server], args: argparse.Namespace, workdir: Pa
             except (ServerError, OSError) as exc:
                 say(f"{server.name}: removing the audit device failed: {exc}")
         shutil.rmtree(audit_dir, ignore_errors=True)
+
+
+def measure_ha(args: argparse.Namespace, workdir: Path, logdir: Path, results: Results) -> None:
+    """Scenario 9.  A failure here becomes a note, not the end of a run
+    whose other numbers are already in."""
+    cluster = ha.HaCluster(workdir, logdir)
+    try:
+        say("HA: starting PostgreSQL and 3 vaultd nodes (shamir, unsealed over HTTP)")
+        cluster.start()
+        active, standby = cluster.wait_active(), cluster.standby()
+        probe = standby.session().get(f"{standby.url}/v1/secret/data/bench/one", allow_redirects=False, timeout=30)
+        if probe.status_code != 307 or not probe.headers.get("Location", "").startswith(active.url):
+            raise ServerError(f"the standby answered {probe.status_code}, not a 307 to the active node")
+        roles = [(Role("ha_active", "HA active"), active), (Role("ha_standby", "HA standby (307)"), standby)]
+        for load in HA_LOADS:
+            for _, node in roles:
+                run_load(node, load, args, args.warmup)
+        for round_number in range(1, args.rounds + 1):
+            for load in HA_LOADS:
+                for role, node in roles:
+                    record(results, role, load, run_load(node, load, args, args.duration), round_number)
+        for number in range(1, args.failovers + 1):
+            took = cluster.failover()
+            results.add("ha_failover.seconds", Role("ha", "HA"), took)
+            say(f"failover {number:2d}: a standby answered 200 after {took:.3f} s")
+    except (ServerError, wrk.WrkError, RuntimeError, OSError) as exc:
+        results.notes.append(f"HA part failed: {str(exc)[:300]}")
+        say(f"HA part failed: {exc}")
+    finally:
+        cluster.close()
+        say("HA: stopped the nodes and PostgreSQL")
+    for node in cluster.nodes:
+        for line in node.findings()[:5]:
+            results.notes.append(f"{node.name} logged: `{line[:300]}`")
 
 
 def measure_idle(servers: list[Server], args: argparse.Namespace, results: Results) -> None:
@@ -268,6 +334,7 @@ def facts(servers: list[Server], args: argparse.Namespace) -> dict[str, Any]:
         "restarts": args.restarts,
         "secrets": args.secrets,
         "snapshots": args.snapshots,
+        "ha_failovers": args.failovers if args.ha else 0,
     }
 
 
@@ -306,6 +373,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--restart-pause", type=float, default=0.5, help=argparse.SUPPRESS)
     parser.add_argument("--secrets", type=int, default=10_000, help="secrets for scenarios 3 and 7 (default 10000)")
     parser.add_argument("--snapshots", type=int, default=3, help="timed snapshots per server (default 3)")
+    parser.add_argument("--no-ha", dest="ha", action="store_false",
+                        help="leave out the HA part (on by default when PostgreSQL is installed)")
+    parser.add_argument("--failovers", type=int, default=10, help="timed failovers of the HA part (default 10)")
     parser.add_argument("--no-file", action="store_true", help="leave out vaultd on file storage (the comparison)")
     parser.add_argument("--idle-settle", type=float, default=3.0, help=argparse.SUPPRESS)
     parser.add_argument("--idle-samples", type=int, default=5, help=argparse.SUPPRESS)
@@ -313,8 +383,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=HERE / ".work", help="scratch state, wiped at start")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="where latest.md/json go")
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.restarts < 1 or args.secrets < 1 or args.duration < 1 or args.snapshots < 1:
-        parser.error("--rounds, --restarts, --secrets, --snapshots and --duration must be at least 1")
+    if min(args.rounds, args.restarts, args.secrets, args.duration, args.snapshots, args.failovers) < 1:
+        parser.error("--rounds, --restarts, --secrets, --snapshots, --failovers and --duration must be at least 1")
     return args
 
 
@@ -347,6 +417,12 @@ def main(argv: list[str] | None = None) -> int:
         load_findings = {server.key: server.findings() for server in servers}
         measure_restarts(main_servers, args, results)
         machine = facts(servers, args)
+    if args.ha and not ha.postgres_available():
+        args.ha = False
+        machine["ha_failovers"] = 0
+        results.notes.append("HA part skipped: PostgreSQL is not installed (apt-get install postgresql)")
+    if args.ha:
+        measure_ha(args, workdir, logdir, results)
     for server in servers:
         for line in load_findings[server.key][:10]:
             results.notes.append(f"{server.name} logged during scenarios 1-4, 7 and 8: `{line[:300]}`")
@@ -363,13 +439,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     summary = report.summarise(results.values, args.secrets)
     machine["total_seconds"] = round(time.monotonic() - _started, 1)
-    table = report.markdown(summary, machine, results.notes)
+    summary_ha = report.summarise_ha(results.values) if args.ha else None
+    table = report.markdown(summary, machine, results.notes, summary_ha)
     args.out.mkdir(parents=True, exist_ok=True)
     write_atomic(args.out / "latest.md", table)
     write_atomic(
         args.out / "latest.json",
         json.dumps(
-            {"facts": machine, "summary": summary, "values": results.values, "wrk_runs": results.runs,
+            {"facts": machine, "summary": summary, "ha": summary_ha, "values": results.values, "wrk_runs": results.runs,
              "notes": results.notes},
             indent=2,
         ) + "\n",

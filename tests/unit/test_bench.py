@@ -334,3 +334,76 @@ def test_descendants_ignores_dead_roots() -> None:
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True)
     assert procs.descendants([int(done.stdout)]) == []
+
+
+# --- scenario 9: HA on PostgreSQL ------------------------------------------------------------
+
+
+def test_ha_rows_sit_beside_openbaos_scenarios_one_and_two() -> None:
+    values = {
+        "ha_write.rps": {"ha_active": [300.0, 400.0], "ha_standby": [2000.0, 2200.0]},
+        "ha_read.rps": {"ha_active": [3000.0]},  # the standby's cell may be missing
+        "kv_write.rps": {"vaultd": [1.0], "openbao": [500.0, 700.0]},
+        "kv_read.rps": {"vaultd": [1.0], "openbao": [9000.0]},
+    }
+    summary = report.summarise_ha(values)
+    assert summary["rows"]["ha_write.rps"]["ha_active"] == {"median": 350.0, "min": 300.0, "max": 400.0}
+    assert summary["rows"]["ha_read.rps"]["ha_standby"] is None
+    assert summary["failover"] is None
+    rows = _table("\n".join(report.ha_markdown(summary)))
+    assert rows[0] == ["scenario", "through the active node", "sent to a standby: its 307 answer",
+                       "OpenBao (raft, 1 node)"]
+    assert ["KV v2 write, new version, 16 conn: req/s", "350 (300-400)", "2,100 (2,000-2,200)",
+            "600 (500-700)"] in rows
+    assert ["KV v2 read, one secret, 64 conn: req/s", "3,000 (3,000-3,000)", report.MISSING,
+            "9,000 (9,000-9,000)"] in rows
+
+
+def test_failover_target_is_judged_on_every_takeover() -> None:
+    assert report.failover_target([1.0, 4.9, 2.0]) == "< 5 s met"
+    assert report.failover_target([1.0, 2.0, 6.0]) == "< 5 s met by the median, NOT by the slowest"
+    assert report.failover_target([5.0, 6.0, 1.0]) == "< 5 s NOT met"
+    summary = report.summarise_ha({"ha_failover.seconds": {"ha": [4.1, 4.3, 3.9, 4.2]}})
+    assert summary["failover"]["count"] == 4
+    assert summary["failover"]["median"] == pytest.approx(4.15)
+    text = report.markdown(report.summarise({}), FACTS, [], summary)
+    assert "## HA: 3 vaultd nodes on one local PostgreSQL" in text
+    assert "| 4.15 (3.90-4.30) | 4 | < 5 s met |" in text
+    assert "Shamir seals" in text and "307 answer" in text
+
+
+def test_no_ha_section_without_ha_numbers() -> None:
+    empty = report.summarise_ha({})
+    assert empty == {"rows": {}, "failover": None}
+    assert "## HA" not in report.markdown(report.summarise({}), FACTS, [], empty)
+    assert "## HA" not in report.markdown(report.summarise({}), FACTS, [])
+
+
+def test_no_ha_flag_and_failover_count() -> None:
+    assert run.parse_args([]).ha is True
+    assert run.parse_args(["--no-ha"]).ha is False
+    assert run.parse_args([]).failovers == 10
+    with pytest.raises(SystemExit):
+        run.parse_args(["--failovers", "0"])
+
+
+def test_ha_node_config_is_an_ha_postgresql_node_for_vaultd(tmp_path: Path) -> None:
+    from bench import ha
+    from vaultd.config import parse_config
+
+    node = ha.HaNode(tmp_path, tmp_path, 2, "postgresql://postgres@127.0.0.1:5999/bench")
+    assert node.key == "ha_node2" and node.state == tmp_path / "ha_node2"
+    assert oct(node.state.stat().st_mode & 0o777) == "0o700"
+    config = parse_config(node.config_text())
+    assert config.ha_enabled
+    assert config.storage.options["connection_url"] == node.pg_url
+    assert config.api_addr == node.url  # where its standbys' 307s point
+    assert node.daemon_command()[-2:] == ["--config", str(node.config)]
+
+
+def test_ha_loads_are_scenarios_one_and_two() -> None:
+    by_key = {load.key: load for load in run.loads(10)}
+    pairs = {"ha_write": by_key["kv_write"], "ha_read": by_key["kv_read"]}
+    for load in run.HA_LOADS:
+        same = pairs[load.key]
+        assert (load.path, load.script, load.connections) == (same.path, same.script, same.connections)
