@@ -378,12 +378,35 @@ class TimedStorage(Storage):
 
 @dataclass(frozen=True)
 class Gauge:
-    """A value read at scrape time."""
+    """A value read at scrape time.  ``counter`` for a count kept elsewhere
+    (the HA thread's, in the shared seal state) that only grows: it is
+    exposed as a counter (``<name>_total``)."""
 
     name: str
     documentation: str
     value: float
     labels: tuple[tuple[str, str], ...] = ()
+    counter: bool = False
+
+
+HA_ROLES = ("active", "standby", "sealed")
+
+
+def ha_gauges(role: str, *, renewals: int, lost: int) -> list[Gauge]:
+    """The HA series of a node whose storage has ``ha_enabled``: ``role`` is
+    one of :data:`HA_ROLES` (``sealed``: no role).  The counts are the
+    master's HA thread's since the master started; the role is the one the
+    node answers with now (an active node past its lease deadline is not
+    active)."""
+    out = [Gauge("vaultd_ha_active", "1 while this node is the active HA node, 0 otherwise.",
+                 float(role == "active"))]
+    out.extend(Gauge("vaultd_ha_role", "1 for this node's HA role (active, standby, sealed), 0 for the others.",
+                     float(role == name), (("role", name),)) for name in HA_ROLES)
+    out.append(Gauge("vaultd_ha_lock_renewals", "Renewals of the active lease by this node.", float(renewals),
+                     counter=True))
+    out.append(Gauge("vaultd_ha_lock_lost", "Times this node lost the active lease (could not renew it in time, "
+                     "or found it taken).", float(lost), counter=True))
+    return out
 
 
 class _Gauges:
@@ -391,13 +414,14 @@ class _Gauges:
         self.read = read
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         families: dict[str, Any] = {}
         for gauge in self.read():
             family = families.get(gauge.name)
             if family is None:
-                family = families[gauge.name] = GaugeMetricFamily(
+                kind = CounterMetricFamily if gauge.counter else GaugeMetricFamily
+                family = families[gauge.name] = kind(
                     gauge.name, gauge.documentation, labels=[k for k, _ in gauge.labels])
             family.add_metric([v for _, v in gauge.labels], gauge.value)
         yield from families.values()

@@ -148,6 +148,11 @@ def gauges(the_core: Core) -> list[metrics.Gauge]:
         metrics.Gauge("vaultd_core_sealed_by_operator", "1 while an operator's seal holds the server sealed.",
                       float(shared.sealed_by_operator)),
     ]
+    if the_core.settings.ha_enabled:
+        state = shared.ha()
+        role = "active" if state.active(time.monotonic()) else "standby" if unsealed else "sealed"
+        renewals, lost = shared.ha_counts()
+        out.extend(metrics.ha_gauges(role, renewals=renewals, lost=lost))
     if unsealed:
         since = max(0.0, time.time() - shared.unsealed_at)
         out.append(metrics.Gauge("vaultd_core_unsealed_duration_seconds", "Seconds since the last unseal.", since))

@@ -21,6 +21,9 @@ outlives its workers.  It publishes the role in the shared seal state
   reads mounts, policies and tokens afresh, since other nodes wrote meanwhile.
 - ``sys/step-down`` bumps a counter; the active node releases the lease and
   does not try to take it again for ``STEP_DOWN_HOLD`` seconds.
+- Renewals and lost leases are counted in the shared state
+  (:meth:`SharedSealState.count_ha`), which the scraping worker reads for
+  the metrics: the master keeps no prometheus_client files of its own.
 
 Timing (Vault's PostgreSQL backend uses a 15 s TTL renewed every 5 s; the
 issue asks for a takeover under 5 s): here ``LOCK_TTL`` is 4 s, renewed
@@ -159,6 +162,7 @@ class HAManager:
             return
         sent = self.clock()
         if self.lease.renew():
+            self.shared.count_ha(renewals=1)
             self._last_renew = sent
             self._deadline = sent + self.ttl - FENCE_MARGIN
             self._publish_active()
@@ -213,6 +217,7 @@ class HAManager:
         self._announced = False
         self.shared.set_ha(HA_STANDBY)
         if lost:
+            self.shared.count_ha(lost=1)
             log_event(log, "lost_lock", "ha: lost the active lock: %s", why, reason=why)
         else:
             log.warning("ha: no longer active: %s", why)

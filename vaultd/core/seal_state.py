@@ -71,7 +71,11 @@ _CEREMONIES_OFFSET = _SLOTS_OFFSET + 8 * SLOT_COUNT
 # leader api_addr, leader cluster_addr.
 _HA_OFFSET = _CEREMONIES_OFFSET + _CEREMONY_COUNT * _CEREMONY_AREA
 _HA = struct.Struct("<IIdd16s256s256s")
-_SIZE = mmap.PAGESIZE * ((_HA_OFFSET + _HA.size) // mmap.PAGESIZE + 1)
+# HA counts for the metrics (only the master's HA thread writes them): lease
+# renewals, leases lost.
+_HA_COUNTS_OFFSET = _HA_OFFSET + _HA.size
+_HA_COUNTS = struct.Struct("<QQ")
+_SIZE = mmap.PAGESIZE * ((_HA_COUNTS_OFFSET + _HA_COUNTS.size) // mmap.PAGESIZE + 1)
 HA_OFF = 0
 """HA is not enabled, or the node is sealed: no role."""
 HA_STANDBY = 1
@@ -321,6 +325,18 @@ class SharedSealState:
             _HA.pack_into(self._mm, _HA_OFFSET, role, step_downs, since, deadline,
                           bytes.fromhex(leader) if leader else bytes(16),
                           api_addr.encode()[:256], cluster_addr.encode()[:256])
+
+    def count_ha(self, *, renewals: int = 0, lost: int = 0) -> None:
+        """Add to the HA counts.  Only the master's HA thread calls it (one
+        writer, so no lock); the counts start at zero with the master, as a
+        Prometheus counter may."""
+        renewed, lost_before = _HA_COUNTS.unpack_from(self._mm, _HA_COUNTS_OFFSET)
+        _HA_COUNTS.pack_into(self._mm, _HA_COUNTS_OFFSET, renewed + renewals, lost_before + lost)
+
+    def ha_counts(self) -> tuple[int, int]:
+        """(lease renewals, leases lost) since the master started."""
+        renewed, lost = _HA_COUNTS.unpack_from(self._mm, _HA_COUNTS_OFFSET)
+        return int(renewed), int(lost)
 
     def request_step_down(self) -> None:
         with self.locked():
