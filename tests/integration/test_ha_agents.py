@@ -92,8 +92,15 @@ def test_every_node_is_unsealed_by_its_own_agent_and_fails_over(nodes: list[Node
     text = metrics_text(active, root)
     assert "vaultd_ha_active 1.0" in text
     assert 'vaultd_ha_role{role="active"} 1.0' in text
-    renewals = [line for line in text.splitlines() if line.startswith("vaultd_ha_lock_renewals_total ")]
-    assert renewals and float(renewals[0].split()[1]) > 0, text
+
+    def renewals() -> float:
+        found = [line for line in metrics_text(active, root).splitlines()
+                 if line.startswith("vaultd_ha_lock_renewals_total ")]
+        assert found, "no vaultd_ha_lock_renewals_total series"
+        return float(found[0].split()[1])
+
+    # The first renewal comes one renewal period after the node took the lease.
+    wait_for(lambda: renewals() > 0, "a lease renewal to be counted", timeout=TAKEOVER_BOUND)
     # A standby answers sys/metrics itself (no redirect), with its own role.
     text = metrics_text(standbys[0], root)
     assert "vaultd_ha_active 0.0" in text
