@@ -29,6 +29,33 @@ LOCK_STRIPES = 64
 FILE_MODE = 0o600
 
 
+def is_subtree(name: str) -> bool:
+    """The empty name and names ending in ``/`` lock a whole subtree."""
+    return name == "" or name.endswith("/")
+
+
+@contextlib.contextmanager
+def reenter(held: dict[str, int], name: str) -> Iterator[None]:
+    """A lock asked for by a thread that already holds locks (``held``: name
+    -> depth), for every backend's ``lock``: it may re-enter a name it
+    holds, and take any name under a subtree lock it holds.  A *different*
+    name under only named locks raises: two such locks taken in an order
+    that depends on the names can deadlock against another worker, and an
+    immediate error is easier to find than a rare hang."""
+    if name not in held and not any(is_subtree(h) for h in held):
+        raise RuntimeError(
+            "storage lock requested while holding a different one; "
+            "take a subtree lock (e.g. lock('')) to hold several"
+        )
+    held[name] = held.get(name, 0) + 1
+    try:
+        yield
+    finally:
+        held[name] -= 1
+        if not held[name]:
+            del held[name]
+
+
 class _ProcessLocks:
     """Lock state that belongs to one process and must not survive ``fork``.
 
@@ -96,7 +123,7 @@ class StripedLocks:
 
     @staticmethod
     def _is_subtree(name: str) -> bool:
-        return name == "" or name.endswith("/")
+        return is_subtree(name)
 
     @contextlib.contextmanager
     def lock(self, name: str = "") -> Iterator[None]:
@@ -111,18 +138,8 @@ class StripedLocks:
         state = self._current()
         held = state.held()
         if held:
-            if name not in held and not any(self._is_subtree(h) for h in held):
-                raise RuntimeError(
-                    "storage lock requested while holding a different one; "
-                    "take a subtree lock (e.g. lock('')) to hold several"
-                )
-            held[name] = held.get(name, 0) + 1
-            try:
+            with reenter(held, name):
                 yield
-            finally:
-                held[name] -= 1
-                if not held[name]:
-                    del held[name]
             return
         stripes = range(self._stripes) if self._is_subtree(name) else [self._stripe(name)]
         taken: list[int] = []

@@ -64,6 +64,7 @@ from psycopg_pool import ConnectionPool
 from vaultd.errors import StorageError
 from vaultd.storage.base import Delete, Op, Put, Storage
 from vaultd.storage.keys import check_key, split_prefix
+from vaultd.storage.locks import is_subtree, reenter
 
 log = logging.getLogger("vaultd.storage")
 
@@ -521,7 +522,7 @@ class PostgresStorage(Storage):
 
     @staticmethod
     def _is_subtree(name: str) -> bool:
-        return name == "" or name.endswith("/")
+        return is_subtree(name)
 
     @contextlib.contextmanager
     def lock(self, name: str = "") -> Iterator[None]:
@@ -531,18 +532,8 @@ class PostgresStorage(Storage):
         state = self._state()
         held = state.held
         if held:
-            if name not in held and not any(self._is_subtree(h) for h in held):
-                raise RuntimeError(
-                    "storage lock requested while holding a different one; "
-                    "take a subtree lock (e.g. lock('')) to hold several"
-                )
-            held[name] = held.get(name, 0) + 1
-            try:
+            with reenter(held, name):
                 yield
-            finally:
-                held[name] -= 1
-                if not held[name]:
-                    del held[name]
             return
         pool = self._pool()
         conn = self._acquire(pool, name)
