@@ -267,3 +267,22 @@ def test_spliced_lines_are_the_entries_byte_for_byte(monkeypatch: pytest.MonkeyP
             assert fmt.request_line(request) == fmt.line(fmt.request_entry(request))
             for response in responses:
                 assert fmt.response_line(request, response) == fmt.line(fmt.response_entry(request, response))
+
+
+def test_key_material_stays_out_even_with_log_raw(tmp_path: Path) -> None:
+    """log_raw writes data in clear, but never the data of the endpoints that
+    carry key material: a generate-root OTP, the encoded token and the token
+    sys/decode-token answers would give a root token to whoever reads the log."""
+    from vaultd.core.generate_root import OTP_LENGTH, encode_token
+
+    app = App(tmp_path)
+    log = tmp_path / "raw.log"
+    app.enable("raw", {"file_path": str(log), "log_raw": "true"})
+    otp = "K" * OTP_LENGTH
+    encoded = encode_token(app.root, otp)
+    assert app.call("PUT", "sys/generate-root/attempt", None, {"otp": otp}).status_code == 200
+    decoded = app.call("PUT", "sys/decode-token", None, {"encoded_token": encoded, "otp": otp})
+    assert decoded.status_code == 200 and decoded.json["data"]["token"] == app.root
+    text = log.read_text()
+    assert otp not in text and encoded not in text and app.root not in text
+    assert "sys/decode-token" in text and "sys/generate-root/attempt" in text  # audited, without the data

@@ -38,7 +38,10 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 _PREFIX = "/v1/"
 _NO_DATA = ("sys/init", "sys/unseal", "sys/generate-root", "sys/rekey", "sys/rekey-recovery-key",
-            "sys/generate-recovery-token", "sys/vaultd/")
+            "sys/generate-recovery-token", "sys/decode-token", "sys/vaultd/")
+"""Paths whose data is key material, left out of entries even with
+``log_raw`` (``sys/decode-token`` takes an encoded root token and its OTP
+and answers the token itself)."""
 _FAILED = b'{"errors": ["internal error"]}\n'
 ANSWERED_BODY = "vaultd.answered_body"
 """Where the fast path leaves the body it encoded (a plain JSON value that
