@@ -120,7 +120,7 @@ class Core:
     def _mint_root(self) -> str:
         """A new root token, for generate-root (the quorum already spoke)."""
         self.begin()
-        return self.tokens.create_root()
+        return self.tokens.mint_root()
 
     def _bootstrap(self, barrier: Barrier, cluster_name: str) -> str:
         """Lay down what an initialised server needs; returns the root token."""

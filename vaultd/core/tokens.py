@@ -226,11 +226,28 @@ class TokenStore:
             ttl=0,
             orphan=True,
         )
-        # No token lock: init calls this under its own lock, before any
-        # other token can exist.
-        self.storage.put(f"accessor/{entry.accessor}", entry.id_hash.encode())
-        self._save(entry)
+        # No token lock here: init calls this under its own lock, before any
+        # other token can exist (mint_root takes it for a running server).
+        self._store_new(entry)
         return token
+
+    def mint_root(self) -> str:
+        """A root token for a running server (generate-root, once its quorum
+        spoke): under the token lock, as every other token write."""
+        with self._locked():
+            return self.create_root()
+
+    def _store_new(self, entry: TokenEntry, parent_hash: str = "") -> None:
+        """A new token and its indexes as one transaction where the backend
+        has them, and in this order where it has not: a crash part-way
+        leaves an index naming nothing, never a token its accessor cannot
+        find or its parent's revocation misses."""
+        ops: list[Put] = []
+        if parent_hash:
+            ops.append(Put(f"parent/{parent_hash}/{entry.id_hash}", b""))
+        ops.append(Put(f"accessor/{entry.accessor}", entry.id_hash.encode()))
+        ops.append(Put(f"id/{entry.id_hash}", json.dumps(asdict(entry)).encode()))
+        self.storage.transaction(ops)
 
     def _check_parent(self, parent: TokenEntry) -> TokenEntry:
         """The parent as stored now, if it may mint tokens at all.
@@ -340,15 +357,7 @@ class TokenStore:
             )
             if role is not None:
                 entry.path = f"auth/token/create/{role.name}{role.path_suffix}"
-            # One transaction where the backend has them; in this order
-            # where it has not, so a crash part-way leaves an index entry
-            # naming nothing, never a token its parent's revocation misses.
-            ops: list[Put] = []
-            if not is_orphan:
-                ops.append(Put(f"parent/{parent.id_hash}/{entry.id_hash}", b""))
-            ops.append(Put(f"accessor/{entry.accessor}", entry.id_hash.encode()))
-            ops.append(Put(f"id/{entry.id_hash}", json.dumps(asdict(entry)).encode()))
-            self.storage.transaction(ops)
+            self._store_new(entry, "" if is_orphan else parent.id_hash)
         return token, entry, warnings
 
     def _max_lifetime(self, explicit_max: int) -> int:
@@ -500,16 +509,10 @@ class TokenStore:
             period=auth.period,
             bound_cidrs=list(auth.bound_cidrs),
         )
-        # One transaction: never an accessor naming nothing, nor a token its
-        # accessor cannot find; under the lock, as every write here, so a
-        # tidy on a backend without transactions never sees half of it.
+        # Under the lock, as every write here, so a tidy on a backend
+        # without transactions never sees half of it.
         with self._locked():
-            self.storage.transaction(
-                [
-                    Put(f"accessor/{entry.accessor}", entry.id_hash.encode()),
-                    Put(f"id/{entry.id_hash}", json.dumps(asdict(entry)).encode()),
-                ]
-            )
+            self._store_new(entry)
         return token, entry, warnings
 
     def consume(self, entry: TokenEntry, read: Callable[[], T]) -> T | None:
