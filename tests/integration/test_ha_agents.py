@@ -12,6 +12,8 @@ question is the auto seal on several nodes sharing one store."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,11 +112,42 @@ def test_every_node_is_unsealed_by_its_own_agent_and_fails_over(nodes: list[Node
                 json_body={"type": "kv", "options": {"version": "2"}})
     standbys[0].call("POST", "secret/data/before", token=root, json_body={"data": {"n": 1}})
 
-    # kill -9 of the active node: a standby takes over.
-    active.kill_tree()
-    new_active = wait_for(lambda: active_of(standbys), "a standby to take over", timeout=TAKEOVER_BOUND,
-                          interval=0.1)
+    # kill -9 of the active node during a stream of writes, sent to each
+    # standby and followed through its 307 as a client would: a standby
+    # takes over, and every write that was acknowledged is there.
+    acknowledged: list[int] = []
+    stop = threading.Event()
+
+    def writer(node: Server, start: int) -> None:
+        i = start
+        while not stop.is_set():
+            i += 2
+            try:
+                answer = requests.post(node.url(f"secret/data/stream/{i}"), json={"data": {"i": i}},
+                                       headers={"X-Vault-Token": root}, timeout=10)
+            except requests.RequestException:
+                continue
+            if answer.status_code == 200:
+                acknowledged.append(i)
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=writer, args=(node, n)) for n, node in enumerate(standbys)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: len(acknowledged) >= 10, "writes before the kill", timeout=WAIT)
+        active.kill_tree()
+        new_active = wait_for(lambda: active_of(standbys), "a standby to take over", timeout=TAKEOVER_BOUND,
+                              interval=0.1)
+        count = len(acknowledged)
+        wait_for(lambda: len(acknowledged) >= count + 5, "writes after the takeover", timeout=WAIT)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
     assert new_active.call("GET", "secret/data/before", token=root)["data"]["data"] == {"n": 1}
+    for i in acknowledged:
+        assert new_active.call("GET", f"secret/data/stream/{i}", token=root)["data"]["data"] == {"i": i}
 
     # Started again, the killed node is unsealed by its (still running) agent
     # and follows the new active node.
