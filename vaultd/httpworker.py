@@ -23,7 +23,10 @@ The defences around the buffering:
   larger request first reserves its size from a per-worker budget and waits
   (unread, under its deadline) when the budget is spent;
 - a per-client-address share of ``worker_connections``, so that one address
-  cannot hold every slot of a worker.  Loopback probes share 127.0.0.1 with
+  cannot hold every slot of a worker;
+- a fair share of the connections for each worker (:mod:`vaultd.httpbalance`):
+  a worker that holds more than its siblings leaves new ones to them, and it
+  takes one connection per wake-up, not a whole burst.  Loopback probes share 127.0.0.1 with
   local attackers, which is why the cap is generous and the buffering, not
   the cap, is what keeps the threads free.
 
@@ -47,6 +50,7 @@ from typing import Any
 from gunicorn import util
 from gunicorn.workers import base
 
+from vaultd.httpbalance import ConnectionShares
 from vaultd.httpframe import HEAD_LIMIT, FrameError, RequestFrame, error_response
 from vaultd.httprequest import PoolRequests
 
@@ -116,6 +120,8 @@ class BufferingWorker(PoolRequests, base.Worker):
     write_timeout = WRITE_TIMEOUT
     max_body: int | None = 32 * 1024 * 1024
     budget_floor = MIN_BUDGET
+    shares: ConnectionShares | None = None
+    """Every worker's connection count, made by the master (:meth:`check_config`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -125,10 +131,19 @@ class BufferingWorker(PoolRequests, base.Worker):
         self._done: collections.deque[tuple[Connection, bool]] = collections.deque()
         self._reserved_total = 0
         self._accepting = True
+        self._declined = False
+        """Listeners unwatched because a sibling holds fewer connections."""
         self._ssl: ssl.SSLContext | None = None
         self._servers: dict[int, Any] = {}
 
     # -- setup -----------------------------------------------------------------
+
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        """Called by the arbiter in the master before it forks (gunicorn 20.1
+        and later): the one place to make memory every worker shares."""
+        if cls.shares is None:
+            cls.shares = ConnectionShares.create()
 
     def init_process(self) -> None:
         self.configure_from(getattr(self.app, "vaultd_config", None))
@@ -201,6 +216,14 @@ class BufferingWorker(PoolRequests, base.Worker):
         if now - self._last_notify >= 1.0:
             self.notify()
             self._last_notify = now
+        if self._declined:
+            # Until it takes connections again, this worker looks often:
+            # the sibling that took them may itself decline the next one.
+            if self._fair_share():
+                self._declined = False
+                self._rewatch_listeners()
+            else:
+                timeout = min(timeout, 0.02)
         for key, _mask in self._selector.select(timeout):
             data = key.data
             if isinstance(data, Connection):
@@ -229,6 +252,8 @@ class BufferingWorker(PoolRequests, base.Worker):
         being received or served gets up to ``graceful_timeout``."""
         self.alive = False
         self._accepting = False
+        if self.shares is not None:
+            self.shares.withdraw(self.age)
         for listener in self.sockets:
             self._unwatch_listener(listener)
             util.close(listener)
@@ -249,47 +274,58 @@ class BufferingWorker(PoolRequests, base.Worker):
 
     # -- accepting -------------------------------------------------------------
 
+    def _fair_share(self) -> bool:
+        return self.shares is None or self.shares.should_take(self.age, len(self._conns))
+
+    def _publish(self) -> None:
+        if self.shares is not None and self.alive:  # a stopping worker has withdrawn
+            self.shares.publish(self.age, len(self._conns))
+
     def _accept(self, listener: Any) -> None:
-        for _ in range(64):
-            if not self.alive:  # SIGTERM came with this batch of events
+        """One connection per wake-up, then back to the loop: a burst is
+        shared with the siblings that wake meanwhile."""
+        if not self.alive:  # SIGTERM came with this batch of events
+            return
+        if not self._fair_share():
+            self._declined = True
+            self._unwatch_listeners()
+            return
+        if len(self._conns) >= int(self.cfg.worker_connections) and not self._evict_idle():
+            self._unwatch_listeners()
+            return
+        try:
+            sock, client = listener.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                self.log.warning("cannot accept a connection: %s", exc.strerror)
                 return
-            if len(self._conns) >= int(self.cfg.worker_connections) and not self._evict_idle():
-                self._unwatch_listeners()
+            raise
+        sock.setblocking(False)
+        util.close_on_exec(sock)
+        conn = Connection(sock, client, self._servers[listener.fileno()], self.max_body)
+        if conn.address is not None:
+            if self._per_address[conn.address] >= self.address_cap:
+                self.log.info("refused a connection from %s: over %d open connections", conn.address, self.address_cap)
+                sock.close()
                 return
+            self._per_address[conn.address] += 1
+        self._conns[conn.fd] = conn
+        self._publish()
+        now = time.monotonic()
+        conn.started = now
+        conn.deadline = now + self.header_timeout
+        if self._ssl is not None:
             try:
-                sock, client = listener.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                conn.sock = self._ssl.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            except (OSError, ValueError):
+                self._close(conn)
                 return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self.log.warning("cannot accept a connection: %s", exc.strerror)
-                    return
-                raise
-            sock.setblocking(False)
-            util.close_on_exec(sock)
-            conn = Connection(sock, client, self._servers[listener.fileno()], self.max_body)
-            if conn.address is not None:
-                if self._per_address[conn.address] >= self.address_cap:
-                    self.log.info(
-                        "refused a connection from %s: over %d open connections", conn.address, self.address_cap
-                    )
-                    sock.close()
-                    continue
-                self._per_address[conn.address] += 1
-            self._conns[conn.fd] = conn
-            now = time.monotonic()
-            conn.started = now
-            conn.deadline = now + self.header_timeout
-            if self._ssl is not None:
-                try:
-                    conn.sock = self._ssl.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-                except (OSError, ValueError):
-                    self._close(conn)
-                    continue
-                conn.state = HANDSHAKE
-                self._handshake(conn)
-            else:
-                self._watch(conn, selectors.EVENT_READ)
+            conn.state = HANDSHAKE
+            self._handshake(conn)
+        else:
+            self._watch(conn, selectors.EVENT_READ)
 
     def _evict_idle(self) -> bool:
         """At ``worker_connections``: make room by closing the connection
@@ -483,6 +519,7 @@ class BufferingWorker(PoolRequests, base.Worker):
                     self._read(conn)
 
     def _sweep(self, now: float) -> None:
+        self._publish()  # also the heartbeat that keeps the entry fresh
         for conn in [c for c in self._conns.values() if c.state != BUSY and c.deadline <= now]:
             if conn.state in (READING, PAUSED) and conn.started is not None and conn.buf:
                 self.log.info("closed a connection from %s: request not received in time", conn.address or "unix")
@@ -540,6 +577,11 @@ class BufferingWorker(PoolRequests, base.Worker):
             if self._per_address[conn.address] <= 0:
                 del self._per_address[conn.address]
         util.close(conn.sock)
+        self._publish()
+        if not self._declined:
+            self._rewatch_listeners()
+
+    def _rewatch_listeners(self) -> None:
         if not self._accepting and self.alive and len(self._conns) < int(self.cfg.worker_connections):
             self._accepting = True
             for listener in self.sockets:

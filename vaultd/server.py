@@ -438,8 +438,11 @@ class VaultdApplication(gunicorn.app.base.BaseApplication):
 
     def _child_exit(self, _arbiter: Any, worker: Any) -> None:
         """A worker is gone: its counts stay in the metrics directory, its
-        live gauges go."""
+        live gauges go, and its siblings stop weighing its connections."""
         metrics.worker_exited(worker.pid)
+        shares = getattr(worker, "shares", None)
+        if shares is not None:
+            shares.withdraw(worker.age)
 
     def load(self) -> Any:
         """Build the worker's core and app, after the fork, and freeze them

@@ -357,6 +357,42 @@ def request_with_worker(
         conn.close()
 
 
+def requests_on_every_worker(
+    server: Server, method: str, path: str, *, token: str | None = None, timeout: float = 30.0
+) -> list[tuple[int, Any, int]]:
+    """One request from each of several connections held open at once, so
+    that every worker takes some: a worker leaves new connections to a
+    sibling holding fewer (``vaultd/httpbalance.py``), and with 4 connections
+    per worker none is left out.  Sequential fresh connections would not do:
+    whichever workers the kernel wakes first take them all.  Retried while a
+    worker is still starting (it takes nothing then).  Returns (status,
+    decoded body or None, worker pid) per connection."""
+    deadline = time.monotonic() + timeout
+    while True:
+        workers = server.worker_pids()
+        connections = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=REQUEST_TIMEOUT)
+                       for _ in range(4 * len(workers))]
+        try:
+            for conn in connections:
+                conn.connect()
+            headers = {"X-Vault-Token": token} if token else {}
+            results = []
+            for conn in connections:
+                conn.request(method, f"/v1/{path}", headers=headers)
+                response = conn.getresponse()
+                raw = response.read()
+                assert conn.sock is not None
+                pid = pid_owning_connection(server, conn.sock.getsockname()[1])
+                results.append((response.status, json.loads(raw) if raw else None, pid))
+        finally:
+            for conn in connections:
+                conn.close()
+        if {pid for _, _, pid in results} == workers == server.worker_pids():
+            return results
+        assert time.monotonic() < deadline, f"not every worker took a connection: {results} of {workers}"
+        time.sleep(0.2)
+
+
 # -- the bao CLI ------------------------------------------------------------------------
 
 
