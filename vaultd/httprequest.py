@@ -1,7 +1,8 @@
 """What a pool thread of :class:`vaultd.httpworker.BufferingWorker` does
-with a request the event loop has read whole: parse it with gunicorn's own
-parser from the buffer, run the WSGI app, write the answer, and hand the
-connection back to the loop.
+with a request the event loop has read whole: parse it (a plain request with
+:mod:`vaultd.httpplain`, any other with gunicorn's own parser, from the
+buffer), run the WSGI app, write the answer, and hand the connection back to
+the loop.
 
 Split from the worker, whose module is the event loop (buffering, deadlines,
 the memory budget); this one is what gunicorn's threaded worker does per
@@ -20,6 +21,7 @@ from gunicorn import http as ghttp
 from gunicorn.http import errors as gerrors
 from gunicorn.http import wsgi as gwsgi
 
+from vaultd import httpplain
 from vaultd.httpframe import error_response
 
 if TYPE_CHECKING:
@@ -48,15 +50,30 @@ class PoolRequests:
     _conns: Any
     _done: Any
     _wake_w: int
+    _plain: tuple[httpplain.Limits, httpplain.EnvironMaker, Any, Any] | None = None
+    """Set by :meth:`prepare_plain`: the limits, the environ template and
+    gunicorn's two request hooks, read once rather than per request."""
+
+    def prepare_plain(self) -> None:
+        if httpplain.EnvironMaker.usable():
+            cfg = self.cfg
+            self._plain = (
+                httpplain.Limits.from_config(cfg), httpplain.EnvironMaker(cfg), cfg.pre_request, cfg.post_request
+            )
 
     def _serve(self, conn: Connection, data: bytes) -> None:
         keepalive = False
         req = None
         try:
             conn.sock.settimeout(self.write_timeout)
-            parser = ghttp.RequestParser(self.cfg, [data], conn.client)
-            req = next(parser)
-            keepalive = self._handle_request(req, conn)
+            plain = self._plain
+            req = httpplain.parse(data, plain[0]) if plain is not None else None
+            if req is not None:
+                keepalive = self._handle_plain(req, conn)
+            else:
+                parser = ghttp.RequestParser(self.cfg, [data], conn.client)
+                req = next(parser)
+                keepalive = self._handle_request(req, conn)
         except StopIteration:
             pass
         except gerrors.ParseException as exc:
@@ -95,6 +112,53 @@ class PoolRequests:
         except (OSError, ValueError):
             pass
 
+    def _count_request(self, resp: Any) -> None:
+        """gunicorn's per-request bookkeeping: ``max_requests``, and when the
+        answer must close the connection."""
+        self.nr += 1
+        if self.nr >= self.max_requests:
+            if self.alive:
+                self.log.info("Autorestarting worker after current request.")
+                self.alive = False
+            resp.force_close()
+        if not self.alive or not self.cfg.keepalive:
+            resp.force_close()
+        elif len(self._conns) >= int(self.cfg.worker_connections) - int(self.cfg.threads):
+            resp.force_close()
+
+    def _handle_plain(self, req: httpplain.PlainRequest, conn: Connection) -> bool:
+        """:meth:`_handle_request` for a plain request: the same hooks and
+        bookkeeping, with :mod:`vaultd.httpplain`'s environ and response."""
+        assert self._plain is not None
+        _limits, environ_maker, pre_request, post_request = self._plain
+        environ: dict[str, Any] = {}
+        resp = httpplain.PlainResponse(req, conn.sock)
+        try:
+            pre_request(self, req)
+            environ = environ_maker.make(req, conn.sock, conn.client, conn.server)
+            self._count_request(resp)
+            respiter = self.wsgi(environ, resp.start_response)
+            try:
+                for item in respiter:
+                    resp.write(item)
+                resp.close()
+            finally:
+                if hasattr(respiter, "close"):
+                    respiter.close()
+            return not resp.should_close()
+        except OSError:
+            raise
+        except Exception:
+            if resp.headers_sent:
+                self.log.exception("Error handling request")
+                raise StopIteration() from None
+            raise
+        finally:
+            try:
+                post_request(self, req, environ, resp)
+            except Exception:
+                self.log.exception("Exception in post_request hook")
+
     def _handle_request(self, req: Any, conn: Connection) -> bool:
         """gunicorn's request handling, as its threaded worker does it; True
         to keep the connection open."""
@@ -110,16 +174,7 @@ class PoolRequests:
             request_start = datetime.now()
             resp, environ = gwsgi.create(req, conn.sock, conn.client, conn.server, self.cfg)
             environ["wsgi.multithread"] = True
-            self.nr += 1
-            if self.nr >= self.max_requests:
-                if self.alive:
-                    self.log.info("Autorestarting worker after current request.")
-                    self.alive = False
-                resp.force_close()
-            if not self.alive or not self.cfg.keepalive:
-                resp.force_close()
-            elif len(self._conns) >= int(self.cfg.worker_connections) - int(self.cfg.threads):
-                resp.force_close()
+            self._count_request(resp)
             respiter = self.wsgi(environ, resp.start_response)
             try:
                 if isinstance(respiter, environ["wsgi.file_wrapper"]):

@@ -197,6 +197,7 @@ class BufferingWorker(PoolRequests, base.Worker):
             self._selector.register(listener, selectors.EVENT_READ, listener)
         self._last_notify = 0.0
         self._next_sweep = 0.0
+        self.prepare_plain()
 
     # -- the loop --------------------------------------------------------------
 
