@@ -23,7 +23,6 @@ plain WSGI, so the fast path and the Flask app are counted alike.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import datetime
 import logging
@@ -36,8 +35,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
+from vaultd.metrics_series import Series, series_of
 from vaultd.storage.base import Op, Storage
 
 log = logging.getLogger("vaultd.metrics")
@@ -53,6 +54,7 @@ STORAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 REQUEST_HISTOGRAM = "vaultd_http_request_duration_seconds"
 REQUEST_COUNTER = "vaultd_http_requests"
 METHODS = frozenset(("GET", "PUT", "POST", "DELETE", "LIST", "PATCH", "HEAD", "OPTIONS"))
+ANSWERED_LIMIT = 512
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -210,8 +212,11 @@ class Instruments:
             "vaultd_audit_entries_failed", "Audit entries a device failed to write, by device path.",
             ("device",), registry=self.registry,
         )
-        self._requests: dict[tuple[str, str, str], _Series] = {}
-        self._storage: dict[str, _Series] = {}
+        self._requests: dict[tuple[str, str, str], Series] = {}
+        self.answered: dict[tuple[str, str, str], Series] = {}
+        """The request series by method, route class and whole status line,
+        for :class:`RequestMetrics` (see :meth:`answer_series`)."""
+        self._storage: dict[str, Series] = {}
         self._audit: dict[tuple[str, bool], Any] = {}
 
     def audit_entry(self, device: str, *, written: bool) -> None:
@@ -225,48 +230,47 @@ class Instruments:
         inc(1)
 
     def request_done(self, method: str, route: str, code: str, seconds: float) -> None:
+        self._request_series(method, route, code).observe(seconds)
+
+    def _request_series(self, method: str, route: str, code: str) -> Series:
         key = (method, route, code)
         series = self._requests.get(key)
         if series is None:
-            series = self._requests[key] = _Series(self.request_seconds.labels(method, route, code))
-        series.observe(seconds)
+            series = self._requests[key] = series_of(self.request_seconds.labels(method, route, code))
+        return series
+
+    def answer_series(self, method: str, route: str, status: str) -> Series:
+        """The series of an answer with the status line ``status``, kept in
+        :attr:`answered` under the whole line so that the middleware need
+        not cut the code out of it.  An app's status lines are few; the bound
+        keeps odd reason phrases from growing the dict."""
+        series = self._request_series(method, route, status[:3])
+        if len(self.answered) < ANSWERED_LIMIT:
+            self.answered[(method, route, status)] = series
+        return series
 
     def storage_done(self, operation: str, seconds: float) -> None:
         series = self._storage.get(operation)
         if series is None:
-            series = self._storage[operation] = _Series(self.storage_seconds.labels(operation))
+            series = self._storage[operation] = series_of(self.storage_seconds.labels(operation))
         series.observe(seconds)
-
-
-class _Series:
-    """One histogram child, observed through its value objects:
-    prometheus_client's ``observe`` checks observability and exemplars on
-    every call and walks the buckets in a loop, which doubled the cost of
-    counting a request.  The attributes used (``_sum``, ``_buckets``,
-    ``_upper_bounds``) are the same in bookworm's 0.16 and in 0.26; without
-    them, the public method."""
-
-    __slots__ = ("bounds", "buckets", "histogram", "total")
-
-    def __init__(self, histogram: Any) -> None:
-        self.histogram = histogram
-        try:
-            self.bounds: list[float] | None = list(histogram._upper_bounds)
-            self.buckets = [bucket.inc for bucket in histogram._buckets]
-            self.total = histogram._sum.inc
-        except AttributeError:
-            self.bounds = None
-
-    def observe(self, seconds: float) -> None:
-        if self.bounds is None:
-            self.histogram.observe(seconds)
-            return
-        self.total(seconds)
-        self.buckets[bisect.bisect_left(self.bounds, seconds)](1)
 
 
 _lock = threading.Lock()
 _instruments: Instruments | None = None
+
+
+def _forget_after_fork() -> None:
+    """In a forked child: the parent's instruments write into the parent's
+    files (:func:`vaultd.metrics_series.series_of`), so the child makes its
+    own.  The lock is made anew: another thread of the parent may have held
+    it at the fork."""
+    global _instruments, _lock
+    _instruments = None
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def instruments() -> Instruments:
@@ -283,40 +287,47 @@ def instruments() -> Instruments:
 def route_class(path: str) -> str:
     """A bounded label for a request path: never the path itself, which any
     client can vary without end."""
-    if not path.startswith("/v1/"):
+    if path[:4] != "/v1/":
         return "other"
-    if path.startswith("/v1/sys/"):
+    if path[4:8] == "sys/":
         return "sys"
-    if path.startswith("/v1/auth/"):
+    if path[4:9] == "auth/":
         return "auth"
     return "secret"
 
 
 class RequestMetrics:
     """WSGI middleware counting every answer: outermost, so the fast path's
-    answers count as much as Flask's."""
+    answers count as much as Flask's.  Every request pays for it, so it does
+    little: the status line is kept in a closure cell, and the histogram
+    child is found by one dict lookup on (method, route class, status line)
+    (:meth:`Instruments.answer_series`)."""
 
     def __init__(self, app: WsgiApp) -> None:
         self.app = app
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        started = time.perf_counter()
-        status: list[str] = []
+        started = perf_counter()
+        status = "500"
 
         def recording(line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            status.append(line)
+            nonlocal status
+            status = line
             return start_response(line, headers, exc_info)
 
         try:
             return self.app(environ, recording)
         finally:
+            seconds = perf_counter() - started
             method = environ.get("REQUEST_METHOD", "")
-            instruments().request_done(
-                method if method in METHODS else "other",
-                route_class(environ.get("PATH_INFO", "")),
-                status[-1][:3] if status else "500",
-                time.perf_counter() - started,
-            )
+            if method not in METHODS:
+                method = "other"
+            route = route_class(environ.get("PATH_INFO", ""))
+            current = _instruments or instruments()
+            series = current.answered.get((method, route, status))
+            if series is None:
+                series = current.answer_series(method, route, status)
+            series.observe(seconds)
 
 
 class TimedStorage(Storage):

@@ -11,7 +11,6 @@ import logging
 import math
 import re
 import traceback
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +20,7 @@ from flask import current_app, g, request
 from vaultd.core.core import Core
 from vaultd.engines.fields import ignored_warning
 from vaultd.errors import BadRequest, PayloadTooLarge, VaultError
+from vaultd.fastuuid import uuid4_str
 from vaultd.logical import Response
 
 _JSON = "application/json"
@@ -265,7 +265,7 @@ def envelope_body(
         body.update(data)
     body.update(
         {
-            "request_id": str(uuid.uuid4()),
+            "request_id": uuid4_str(),
             "lease_id": "",
             "renewable": renewable,
             "lease_duration": lease_duration,
