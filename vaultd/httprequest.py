@@ -12,8 +12,12 @@ request, on the parts of gunicorn that are the same in 20.1 and 27.
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import queue
 import ssl
+import threading
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +31,45 @@ from vaultd.httpframe import error_response
 if TYPE_CHECKING:
     from vaultd.httpworker import Connection
 
+log = logging.getLogger("vaultd.http")
+
+
+class ServePool:
+    """The worker's request threads: a fixed set taking work from one queue.
+
+    ``concurrent.futures.ThreadPoolExecutor`` made a future, a work item, a
+    lock round and a semaphore probe for every request, and set the
+    future's result under a condition variable that nobody waits on: about
+    a tenth of a worker's time on a KV read (py-spy).  The worker needs
+    none of it: :meth:`PoolRequests._serve` handles its own errors and
+    reports back through the worker's ``_done`` queue.  The threads are not
+    daemons, so that a request being served when the process exits is
+    finished, as with the executor."""
+
+    def __init__(self, threads: int, name: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._run, name=f"{name}_{n}") for n in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, function: Callable[..., None], *args: Any) -> None:
+        self._queue.put((function, args))
+
+    def shutdown(self) -> None:
+        """Threads stop once the work already queued is done."""
+        for _ in self._threads:
+            self._queue.put(None)
+
+    def _run(self) -> None:
+        while (work := self._queue.get()) is not None:
+            function, args = work
+            try:
+                function(*args)
+            except Exception:
+                log.exception("request thread failed")
+            del work, function, args  # nothing of a request outlives it here
+
+
 _PARSE_STATUS = {
     "LimitRequestLine": 414,
     "LimitRequestHeaders": 431,
@@ -38,7 +81,8 @@ _PARSE_STATUS = {
 class PoolRequests:
     """Mixed into the worker; runs in its pool threads.  Uses the worker's
     ``cfg``, ``log``, ``wsgi``, ``alive``, ``nr``/``max_requests``,
-    ``write_timeout``, ``_conns``, ``_done`` and ``_wake_w``."""
+    ``write_timeout``, ``_conns``, ``_done``, ``_wake_w`` and the settings
+    :meth:`~vaultd.httpworker.BufferingWorker.prepare` reads once."""
 
     cfg: Any
     log: Any
@@ -50,6 +94,10 @@ class PoolRequests:
     _conns: Any
     _done: Any
     _wake_w: int
+    _wake_sent: bool
+    _keepalive: float
+    _max_conns: int
+    _threads: int
     _plain: tuple[httpplain.Limits, httpplain.EnvironMaker, Any, Any] | None = None
     """Set by :meth:`prepare_plain`: the limits, the environ template and
     gunicorn's two request hooks, read once rather than per request."""
@@ -101,10 +149,12 @@ class PoolRequests:
                 except OSError:
                     keepalive = False
             self._done.append((conn, keepalive))
-            try:
-                os.write(self._wake_w, b"x")
-            except (BlockingIOError, OSError):
-                pass  # a full pipe wakes the loop as well
+            if not self._wake_sent:
+                self._wake_sent = True
+                try:
+                    os.write(self._wake_w, b"x")
+                except (BlockingIOError, OSError):
+                    pass  # a full pipe wakes the loop as well
 
     def _send_error(self, conn: Connection, status: int, message: str) -> None:
         try:
@@ -121,9 +171,9 @@ class PoolRequests:
                 self.log.info("Autorestarting worker after current request.")
                 self.alive = False
             resp.force_close()
-        if not self.alive or not self.cfg.keepalive:
+        if not self.alive or not self._keepalive:
             resp.force_close()
-        elif len(self._conns) >= int(self.cfg.worker_connections) - int(self.cfg.threads):
+        elif len(self._conns) >= self._max_conns - self._threads:
             resp.force_close()
 
     def _handle_plain(self, req: httpplain.PlainRequest, conn: Connection) -> bool:

@@ -44,7 +44,6 @@ import selectors
 import socket
 import ssl
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from gunicorn import util
@@ -52,7 +51,7 @@ from gunicorn.workers import base
 
 from vaultd.httpbalance import ConnectionShares
 from vaultd.httpframe import HEAD_LIMIT, FrameError, RequestFrame, error_response
-from vaultd.httprequest import PoolRequests
+from vaultd.httprequest import PoolRequests, ServePool
 
 DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 30.0
@@ -182,8 +181,14 @@ class BufferingWorker(PoolRequests, base.Worker):
         """Everything :meth:`run` needs before its loop; separate so that
         tests can drive the loop in a thread of their own."""
         self._selector = selectors.DefaultSelector()
-        self._pool = ThreadPoolExecutor(max_workers=max(1, int(self.cfg.threads)), thread_name_prefix="vaultd-http")
+        self._pool = ServePool(max(1, int(self.cfg.threads)), "vaultd-http")
         self._wake_r, self._wake_w = os.pipe()
+        self._wake_sent = False
+        # gunicorn's Config looks each setting up through two Python calls:
+        # read the ones used per request once.
+        self._keepalive = float(self.cfg.keepalive)
+        self._max_conns = int(self.cfg.worker_connections)
+        self._threads = int(self.cfg.threads)
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
@@ -237,6 +242,9 @@ class BufferingWorker(PoolRequests, base.Worker):
                     pass
             else:
                 self._accept(data)
+        # Pool threads write to the wake pipe only while this is False (one
+        # byte wakes the loop for every answer finished before it looks).
+        self._wake_sent = False
         while self._done:
             conn, keepalive = self._done.popleft()
             self._finished(conn, keepalive)
@@ -265,7 +273,7 @@ class BufferingWorker(PoolRequests, base.Worker):
         deadline = now + float(self.cfg.graceful_timeout)
         while self._conns and time.monotonic() < deadline:
             self.loop_once(0.05)
-        self._pool.shutdown(wait=False)
+        self._pool.shutdown()
         for conn in list(self._conns.values()):
             if conn.state != BUSY:  # a thread still uses those: the exit closes them
                 self._close(conn)
@@ -291,7 +299,7 @@ class BufferingWorker(PoolRequests, base.Worker):
             self._declined = True
             self._unwatch_listeners()
             return
-        if len(self._conns) >= int(self.cfg.worker_connections) and not self._evict_idle():
+        if len(self._conns) >= self._max_conns and not self._evict_idle():
             self._unwatch_listeners()
             return
         try:
@@ -369,7 +377,12 @@ class BufferingWorker(PoolRequests, base.Worker):
             conn.events = 0
 
     def _on_event(self, conn: Connection) -> None:
-        if conn.state == HANDSHAKE:
+        if conn.state == BUSY:
+            # Still watched from before the dispatch (see _dispatch): the
+            # client sent more or hung up while a thread serves it; the
+            # thread finds out, and the loop looks again afterwards.
+            self._unwatch(conn)
+        elif conn.state == HANDSHAKE:
             self._handshake(conn)
         elif conn.state == READING:
             self._read(conn)
@@ -499,7 +512,10 @@ class BufferingWorker(PoolRequests, base.Worker):
         conn.started = None
         conn.continued = False
         conn.state = BUSY
-        self._unwatch(conn)
+        # The socket stays registered while a thread serves the request: a
+        # client that waits for its answer makes no event, and keeping it
+        # saves two epoll_ctl calls per request (_on_event unwatches it if
+        # one comes).
         self._pool.submit(self._serve, conn, data)
 
     def _finished(self, conn: Connection, keepalive: bool) -> None:
@@ -511,7 +527,7 @@ class BufferingWorker(PoolRequests, base.Worker):
             self._close(conn)
             return
         conn.state = READING
-        idle = float(self.cfg.keepalive) if self.alive else min(float(self.cfg.keepalive), STOP_LINGER)
+        idle = self._keepalive if self.alive else min(self._keepalive, STOP_LINGER)
         conn.deadline = time.monotonic() + idle
         if not conn.buf or self._advance(conn):
             if conn.state == READING:
@@ -583,7 +599,7 @@ class BufferingWorker(PoolRequests, base.Worker):
             self._rewatch_listeners()
 
     def _rewatch_listeners(self) -> None:
-        if not self._accepting and self.alive and len(self._conns) < int(self.cfg.worker_connections):
+        if not self._accepting and self.alive and len(self._conns) < self._max_conns:
             self._accepting = True
             for listener in self.sockets:
                 self._selector.register(listener, selectors.EVENT_READ, listener)
