@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import io
 import json
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl
@@ -33,6 +32,7 @@ from vaultd.api.http import log_unexpected, token_from_environ
 from vaultd.audit.entry import RequestInfo, ResponseInfo
 from vaultd.core.core import Core
 from vaultd.durations import parse_duration
+from vaultd.fastuuid import uuid4_str
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -50,6 +50,8 @@ the response entry may read but not change), so it is not parsed again."""
 
 def _operation(method: str, query: str) -> str:
     if method == "GET":
+        if not query:
+            return "read"
         listing = any(k == "list" and v.lower() in ("true", "1") for k, v in parse_qsl(query))
         return "list" if listing else "read"
     return {"POST": "update", "PUT": "update", "DELETE": "delete", "LIST": "list", "PATCH": "patch",
@@ -77,13 +79,16 @@ class AuditMiddleware:
         if not isinstance(path, str) or not path.startswith(_PREFIX):
             return self.app(environ, start_response)
         try:
-            request = self._describe(environ, path[len(_PREFIX):])
-        except Exception as exc:  # never let describing a request answer for it
-            log_unexpected(exc)
-            return self._refuse(start_response)
-        if not self.core.audit.log_request(request):
-            return self._refuse(start_response)
-        return self._serve(environ, start_response, request)
+            try:
+                request = self._describe(environ, path[len(_PREFIX):])
+            except Exception as exc:  # never let describing a request answer for it
+                log_unexpected(exc)
+                return self._refuse(start_response)
+            if not self.core.audit.log_request(request):
+                return self._refuse(start_response)
+            return self._serve(environ, start_response, request)
+        finally:
+            self.core.audit.done()  # the caller describe() found is this request's only
 
     # -- the request --------------------------------------------------------
 
@@ -139,7 +144,7 @@ class AuditMiddleware:
         except ValueError:
             port = 0
         return RequestInfo(
-            id=str(uuid.uuid4()), operation=_operation(method, query), path=path, client_token=token or "",
+            id=uuid4_str(), operation=_operation(method, query), path=path, client_token=token or "",
             data=data, remote_address=str(environ.get("REMOTE_ADDR") or ""), remote_port=port,
             wrap_ttl=wrap_ttl, mount_type=mount_type, mount_point=mount_point, mount_accessor=mount_accessor,
             client_token_accessor=accessor, auth=auth,

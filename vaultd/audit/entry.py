@@ -85,6 +85,11 @@ class FormatOptions:
     prefix: str = ""
 
 
+MEMO_ENTRIES = 1024
+"""How many tokens a formatter remembers; past that it starts afresh."""
+MEMO_LONGEST = 512
+"""Longer values are no token (the token store refuses them): not remembered."""
+
 _stamp: tuple[int, str] = (-1, "")
 """The last second formatted: two entries a request, thousands a second."""
 
@@ -103,9 +108,37 @@ def _now() -> str:
     return f"{stamp}.{digits}Z" if digits else f"{stamp}Z"
 
 
-_encode = json.JSONEncoder(separators=(",", ":")).encode
-"""``json.dumps(value, separators=(",", ":"))`` without building an encoder
-per call; ``ensure_ascii`` (the default) keeps a line one line."""
+_encoder = json.JSONEncoder(separators=(",", ":"))
+
+
+def _make_encode() -> Callable[[Any], str]:
+    """``json.dumps(value, separators=(",", ":"))`` (``ensure_ascii``, the
+    default, keeps a line one line), with the C encoder made once: the
+    stock ``encode`` builds one, and a dict of circular-reference markers,
+    on every call (a third of its cost for an entry's blocks).  Without the
+    markers a cycle ends in RecursionError instead of ValueError; entries
+    hold decoded JSON, which has none.  Falls back to the stock ``encode``
+    where the C encoder is missing or its signature differs."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return _encoder.encode
+    try:
+        encode = make(None, _encoder.default, json.encoder.encode_basestring_ascii, None, ":", ",",
+                      False, False, True)
+        if "".join(encode({"a": [1, "é", None]}, 0)) != _encoder.encode({"a": [1, "é", None]}):
+            return _encoder.encode
+    except Exception:
+        return _encoder.encode
+
+    def fast(value: Any) -> str:
+        if isinstance(value, str):
+            return json.encoder.encode_basestring_ascii(value)
+        return "".join(encode(value, 0))
+
+    return fast
+
+
+_encode = _make_encode()
 
 
 def _compact(values: dict[str, Any]) -> dict[str, Any]:
@@ -120,6 +153,23 @@ class Formatter:
     def __init__(self, options: FormatOptions, hash_: Hash) -> None:
         self.options = options
         self._hash = hash_
+        self._hashed: dict[str, str] = {}
+        """The HMAC of the caller's token and accessor, which come back
+        request after request (four of a read's six HMACs).  Bounded, and
+        emptied by :meth:`forget` when the server seals: it holds tokens."""
+        self._auth_text: dict[str, tuple[AuthInfo | None, str]] = {}
+        """Per client token, the ``auth`` block as JSON text and the
+        :class:`AuthInfo` it was made from: the same object comes back while
+        the token's stored entry is unchanged (see ``Audit.describe``)."""
+        self._request_text: dict[tuple[str, ...], str] = {}
+        """The middle of the ``request`` block, per caller, path and mount
+        (see :meth:`_request_json`)."""
+
+    def forget(self) -> None:
+        """Drop what is remembered of tokens (at seal; see ``Core._drop_caches``)."""
+        self._hashed.clear()
+        self._auth_text.clear()
+        self._request_text.clear()
 
     # -- the pieces ------------------------------------------------------
 
@@ -128,8 +178,21 @@ class Formatter:
             return value
         return self._hash(value)
 
+    def _token(self, value: str) -> str:
+        """``_secret`` for a value that repeats (a token, an accessor): remembered."""
+        if not value or self.options.log_raw:
+            return value
+        hashed = self._hashed.get(value)
+        if hashed is None:
+            if len(value) > MEMO_LONGEST:
+                return self._hash(value)  # no token: not worth keeping
+            if len(self._hashed) >= MEMO_ENTRIES:
+                self._hashed.clear()
+            hashed = self._hashed[value] = self._hash(value)
+        return hashed
+
     def _accessor(self, value: str) -> str:
-        return self._secret(value) if self.options.hmac_accessor else value
+        return self._token(value) if self.options.hmac_accessor else value
 
     def _data(self, value: Any) -> Any:
         if value is None or self.options.log_raw:
@@ -139,7 +202,7 @@ class Formatter:
     def _auth(self, request: RequestInfo) -> dict[str, Any]:
         auth = request.auth or AuthInfo()
         return _compact({
-            "client_token": self._secret(request.client_token),
+            "client_token": self._token(request.client_token),
             "accessor": self._accessor(auth.accessor),
             "display_name": auth.display_name,
             "policies": auth.policies,
@@ -158,7 +221,7 @@ class Formatter:
             "mount_point": request.mount_point,
             "mount_type": request.mount_type,
             "mount_accessor": request.mount_accessor,
-            "client_token": self._secret(request.client_token),
+            "client_token": self._token(request.client_token),
             "client_token_accessor": self._accessor(request.client_token_accessor),
             "namespace": {"id": "root"},
             "path": request.path,
@@ -244,9 +307,58 @@ class Formatter:
         request and spliced into both its lines ("" when a block is empty)."""
         cached = request.encoded.get(id(self))
         if cached is None:
-            auth, block = self._blocks(request)
-            cached = request.encoded[id(self)] = (_encode(auth) if auth else "", _encode(block) if block else "")
+            cached = request.encoded[id(self)] = (self._auth_json(request), self._request_json(request))
         return cached
+
+    def _request_json(self, request: RequestInfo) -> str:
+        """The ``request`` block's text.  Without data, all of it but the id
+        and the client's address is the same request after request from one
+        caller (and costs two HMACs and an encoding): that middle part is
+        remembered per caller, path and mount, and the rest spliced around it."""
+        if request.data is not None or len(request.client_token) > MEMO_LONGEST or len(request.path) > MEMO_LONGEST:
+            block = self._request(request)
+            return _encode(block) if block else ""
+        key = (request.client_token, request.client_token_accessor, request.operation, request.path,
+               request.mount_point, request.mount_type, request.mount_accessor)
+        middle = self._request_text.get(key)
+        if middle is None:
+            middle = _encode(_compact({
+                "operation": request.operation,
+                "mount_point": request.mount_point,
+                "mount_type": request.mount_type,
+                "mount_accessor": request.mount_accessor,
+                "client_token": self._token(request.client_token),
+                "client_token_accessor": self._accessor(request.client_token_accessor),
+                "namespace": {"id": "root"},
+                "path": request.path,
+            }))[1:-1]  # never empty: the namespace is always there
+            if len(self._request_text) >= MEMO_ENTRIES:
+                self._request_text.clear()
+            self._request_text[key] = middle
+        parts = ['{"id":', _encode(request.id), ",", middle] if request.id else ["{", middle]
+        if request.remote_address:
+            parts += [',"remote_address":', _encode(request.remote_address)]
+        if request.remote_port:
+            parts += [',"remote_port":', _encode(request.remote_port)]
+        if request.wrap_ttl:
+            parts += [',"wrap_ttl":', _encode(request.wrap_ttl)]
+        parts.append("}")
+        return "".join(parts)
+
+    def _auth_json(self, request: RequestInfo) -> str:
+        """The ``auth`` block's text, remembered per token while its
+        :class:`AuthInfo` is the same object (so the same entry)."""
+        token = request.client_token
+        remembered = self._auth_text.get(token)
+        if remembered is not None and remembered[0] is request.auth:
+            return remembered[1]
+        auth = self._auth(request)
+        text = _encode(auth) if auth else ""
+        if token and request.auth is not None and len(token) <= MEMO_LONGEST:
+            if len(self._auth_text) >= MEMO_ENTRIES:
+                self._auth_text.clear()
+            self._auth_text[token] = (request.auth, text)
+        return text
 
     def request_line(self, request: RequestInfo) -> bytes:
         """``line(request_entry(request))``, byte for byte, made faster."""

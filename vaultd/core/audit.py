@@ -33,6 +33,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,7 @@ from vaultd.audit.base import Device, OptionError, format_options, make_device
 from vaultd.audit.entry import AuthInfo, Formatter, RequestInfo, ResponseInfo
 from vaultd.audit.hashing import Hasher, new_salt
 from vaultd.core.seal_state import EPOCH_AUDIT, SharedSealState
+from vaultd.core.token_entry import TokenEntry
 from vaultd.durations import rfc3339
 from vaultd.errors import BadRequest, VaultError
 from vaultd.logging import log_event
@@ -55,6 +57,27 @@ log = logging.getLogger("vaultd.audit")
 TABLE_KEY = "core/audit"
 SEALED_TABLE_KEY = "core/audit-sealed"
 LOCK_NAME = "core/audit"
+CALLERS_KEPT = 1024
+"""How many callers' ``auth`` blocks a worker keeps; past that it starts afresh."""
+
+
+described_caller: ContextVar[tuple[str, TokenEntry] | None] = ContextVar("vaultd_described_caller", default=None)
+"""The caller's token and stored entry as :meth:`Audit.describe` found them
+for this request's entries.  ``Core.authenticate`` takes it (once) instead
+of looking the token up a second time, as Vault checks a token once, before
+the request entry; :meth:`Audit.done` clears it when the request ends."""
+
+
+def take_described(token: str | None) -> TokenEntry | None:
+    """A copy of the entry the audit found for ``token`` in this request, or
+    None (no audit, another token, already taken).  Taken once: a second
+    check in the same request looks the token up again, so a request that
+    changed its own token sees the change."""
+    seen = described_caller.get()
+    if seen is None or not token or seen[0] != token:
+        return None
+    described_caller.set(None)
+    return seen[1].copy()
 
 
 def salt_key(device_uuid: str) -> str:
@@ -100,6 +123,11 @@ class Audit:
         self._reload_lock = threading.Lock()
         self._unreadable = False
         """The table could not be read at the last try: fail closed until it can."""
+        self._callers: dict[str, tuple[TokenEntry, AuthInfo]] = {}
+        """Each caller's :class:`AuthInfo` by token hash, with the stored
+        entry it was made from (see :meth:`_auth_info`)."""
+        self._token_hashes: dict[str, str] = {}
+        """Callers' tokens and their token store keys (see :meth:`_token_hash`)."""
 
     # -- which devices -------------------------------------------------------
 
@@ -228,6 +256,7 @@ class Audit:
         this worker can tell now (nothing while sealed or for a bad token):
         ``(auth, accessor, mount_type, mount_point, mount_accessor)``."""
         core = self._core
+        described_caller.set(None)
         try:
             core.begin()
         except VaultError:
@@ -235,18 +264,13 @@ class Audit:
         auth: AuthInfo | None = None
         accessor = ""
         try:
-            entry = core.tokens.lookup(token) if token else None
+            entry = core.tokens.peek_hash(self._token_hash(token)) if token and len(token) <= 512 else None
         except Exception:  # the request itself will meet and report it
             entry = None
-        if entry is not None:
+        if entry is not None and token:
             accessor = entry.accessor
-            issued = entry.issue_time or entry.creation_time
-            auth = AuthInfo(
-                accessor=entry.accessor, display_name=entry.display_name, policies=list(entry.policies),
-                token_policies=list(entry.policies), metadata=dict(entry.meta) if entry.meta else None,
-                token_type="service", token_ttl=entry.ttl, remaining_uses=entry.num_uses,  # noqa: S106
-                token_issue_time=rfc3339(issued) if issued else "",
-            )
+            auth = self._auth_info(entry)
+            described_caller.set((token, entry))
         mount_type, mount_point, mount_accessor = _system_mount(path)
         if not mount_type:
             try:
@@ -258,6 +282,51 @@ class Audit:
                 mount_type, mount_point = mount.type, mount.path
                 mount_accessor = str(getattr(mount, "accessor", "") or "")
         return auth, accessor, mount_type, mount_point, mount_accessor
+
+    def _token_hash(self, token: str) -> str:
+        """The token store's key for ``token``, remembered (an HMAC a request
+        saved); the tokens it holds are dropped at seal (:meth:`forget`)."""
+        id_hash = self._token_hashes.get(token)
+        if id_hash is None:
+            id_hash = self._core.tokens.hash_token(token)
+            if len(self._token_hashes) >= CALLERS_KEPT:
+                self._token_hashes.clear()
+            self._token_hashes[token] = id_hash
+        return id_hash
+
+    def _auth_info(self, entry: TokenEntry) -> AuthInfo:
+        """The ``auth`` of a caller's entry.  The same object while the stored
+        entry is (the token store hands out the same object until it is
+        written), which lets each formatter reuse the block's text."""
+        known = self._callers.get(entry.id_hash)
+        if known is not None and known[0] is entry:
+            return known[1]
+        issued = entry.issue_time or entry.creation_time
+        auth = AuthInfo(
+            accessor=entry.accessor, display_name=entry.display_name, policies=list(entry.policies),
+            token_policies=list(entry.policies), metadata=dict(entry.meta) if entry.meta else None,
+            token_type="service", token_ttl=entry.ttl, remaining_uses=entry.num_uses,  # noqa: S106
+            token_issue_time=rfc3339(issued) if issued else "",
+        )
+        if len(self._callers) >= CALLERS_KEPT:
+            self._callers.clear()
+        self._callers[entry.id_hash] = (entry, auth)
+        return auth
+
+    @staticmethod
+    def done() -> None:
+        """The request is over: what :meth:`describe` found is not to be used
+        by the next request this thread serves."""
+        described_caller.set(None)
+
+    def forget(self) -> None:
+        """Drop what is remembered of tokens: called when the seal generation
+        changes (``Core._drop_caches``), in every worker, as the read caches are."""
+        self._callers.clear()
+        self._token_hashes.clear()
+        for live in self._live:
+            if live.formatter is not None:
+                live.formatter.forget()
 
     # -- sys/audit ---------------------------------------------------------------------
 

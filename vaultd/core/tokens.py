@@ -121,6 +121,13 @@ class TokenStore:
             return None
         return self._live(self._load(self.hash_token(token)))
 
+    def peek_hash(self, id_hash: str) -> TokenEntry | None:
+        """:meth:`lookup_hash` without the copy: the stored entry itself, the
+        same object while it is unchanged.  For readers only (the audit)."""
+        if not id_hash or "/" in id_hash or len(id_hash) > 128:
+            return None
+        return self._live(self._peek(id_hash))
+
     def lookup_hash(self, id_hash: str) -> TokenEntry | None:
         """The live entry stored under ``id_hash`` (a lease id's last part)."""
         if not id_hash or "/" in id_hash or len(id_hash) > 128:
