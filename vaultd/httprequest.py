@@ -27,6 +27,7 @@ from gunicorn.http import wsgi as gwsgi
 
 from vaultd import httpplain
 from vaultd.httpframe import error_response
+from vaultd.seal import awskms
 
 if TYPE_CHECKING:
     from vaultd.httpworker import Connection
@@ -95,6 +96,7 @@ class PoolRequests:
     _done: Any
     _wake_w: int
     _wake_sent: bool
+    retire_after_sdk: bool
     _keepalive: float
     _max_conns: int
     _threads: int
@@ -143,6 +145,12 @@ class PoolRequests:
             self.log.exception("Error handling request")
             self._send_error(conn, 500, "internal error")
         finally:
+            if self.retire_after_sdk and self.alive and awskms.sdk_loaded():
+                # Its answer is out; the loop stops taking work and the
+                # master forks a replacement without the SDK.
+                log.info("replacing this worker: it loaded the AWS SDK for a KMS call")
+                self.alive = False
+                keepalive = False
             if keepalive:
                 try:
                     conn.sock.setblocking(False)

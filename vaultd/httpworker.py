@@ -120,6 +120,9 @@ class BufferingWorker(PoolRequests, base.Worker):
     max_body: int | None = 32 * 1024 * 1024
     budget_floor = MIN_BUDGET
     shares: ConnectionShares | None = None
+    retire_after_sdk = False
+    """Replace this worker once it has loaded the AWS SDK (see
+    :func:`vaultd.seal.awskms.sdk_loaded`)."""
     """Every worker's connection count, made by the master (:meth:`check_config`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -151,6 +154,10 @@ class BufferingWorker(PoolRequests, base.Worker):
     def configure_from(self, config: Any) -> None:
         """Limits from vaultd's config (its first listener, as the Flask app
         takes ``max_request_size`` from it); gunicorn's defaults without one."""
+        storage = getattr(config, "storage", None)
+        # A replacement worker starts from the master's copy of inmem
+        # storage: a dev server's only worker is never replaced.
+        self.retire_after_sdk = getattr(storage, "type", "inmem") != "inmem"
         listeners = getattr(config, "listeners", None)
         if listeners:
             first = listeners[0]

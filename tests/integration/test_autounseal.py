@@ -445,3 +445,23 @@ def test_init_names_an_unusable_kms_key_and_stays_uninitialised(stack: Stack) ->
     assert stack.daemon.state()["initialized"] is False
     stack.daemon.init()  # the next try, with the key back, initialises
     assert stack.daemon.unsealed()
+
+
+def test_the_worker_that_called_kms_at_init_is_replaced(stack: Stack) -> None:
+    """``sys/init`` under awskms has the worker serving it import the AWS SDK
+    to wrap the new key (about 20 MiB a worker would otherwise keep for its
+    whole life, the agent doing every later KMS call).  The worker answers,
+    then stands down, and the master forks a replacement without it; the
+    server stays unsealed and serving throughout."""
+    server = stack.daemon.server
+    stack.daemon.start()
+    before = server.worker_pids()
+    token = stack.daemon.init()
+    now = wait_for(lambda: (lambda pids: pids if len(pids) == 2 and pids != before else None)(server.worker_pids()),
+                   "the worker that called KMS to be replaced", timeout=30)
+    assert len(before - now) == 1, f"one worker (the one that served init) is replaced: {before} -> {now}"
+    assert "replacing this worker: it loaded the AWS SDK for a KMS call" in server.log_text()
+    assert stack.daemon.unsealed()
+    server.call("PUT", "sys/mounts/kv", 204, token=token, json_body={"type": "kv", "options": {"version": "2"}})
+    server.call("POST", "kv/data/after-init", token=token, json_body={"data": {"v": "1"}})
+    assert server.call("GET", "kv/data/after-init", token=token)["data"]["data"] == {"v": "1"}

@@ -106,6 +106,21 @@ CONTEXT_KEY = "vaultd:cluster_id"
 """The one key of the encryption context vaultd wraps the KEK under."""
 
 
+_sdk_loaded = False
+
+
+def sdk_loaded() -> bool:
+    """Whether this process has imported boto3 for a seal.
+
+    The daemon needs KMS only for one-off calls (``sys/init`` wraps the new
+    key, a rekey or a seal migration wraps again); the agent does every
+    unwrap.  The AWS SDK costs a process about 20 MiB that it keeps until it
+    exits, so a gunicorn worker that loaded it for such a call is replaced
+    once its request is answered (:mod:`vaultd.httprequest`): the new worker
+    is forked from the master, which never loads it."""
+    return _sdk_loaded
+
+
 def check_context(context: Mapping[str, str]) -> None:
     """Refuse any encryption context but ``{"vaultd:cluster_id": <id>}``
     (no KMS call is made for it).  The values are not quoted: they come from
@@ -198,10 +213,13 @@ class AwsKmsSeal(AutoSeal):
         self._session()
 
     def _session(self) -> boto3.session.Session:
+        global _sdk_loaded
         with self._lock:
             if self._boto_session is None:
                 import boto3
                 import botocore.exceptions
+
+                _sdk_loaded = True
 
                 access_key, secret_key, session_token = self._credentials
                 try:
