@@ -30,8 +30,13 @@ class SlotVersions(Protocol):
     def bump_key_version(self, key: str) -> None: ...
 
 
-CACHE_ENTRIES = 4096
-"""Values a worker keeps the ciphertext of: about 2 MiB at typical sizes."""
+CACHE_ENTRIES = 24576
+"""Values a worker keeps the ciphertext of: about 8 MiB when full (0.34 KiB
+an entry measured at typical sizes), enough for some 12,000 KV v2 secrets
+(two keys each) read at random without a trip to the storage backend.
+Vault's own cache holds 131,072 entries by default.  It was 4,096 while a
+worker that served ``sys/init`` under awskms kept the AWS SDK (about 20 MiB)
+for good; now that such a worker is replaced, the memory went here."""
 MEMO_ENTRIES = 1024
 """Decoded values each memo keeps (a parsed KV v2 metadata record is about
 2 KiB).  Hot secrets and tokens fit many times over; a working set larger
