@@ -15,31 +15,22 @@ from typing import Any
 
 import pytest
 
-from vaultd.api.app import create_app
+from tests.unit.test_audit import App as AuditApp
 from vaultd.audit.entry import Formatter, _encode
 from vaultd.audit.hashing import Hasher, hash_structure
 from vaultd.core.audit import described_caller, take_described
-from vaultd.core.core import Core, CoreSettings
-from vaultd.core.seal_state import SharedSealState
 from vaultd.core.token_entry import TokenEntry
-from vaultd.server import dev_bootstrap
-from vaultd.storage.file import FileStorage
 
 
-class App:
+class App(AuditApp):
+    """test_audit's app with a file device enabled and one secret written."""
+
     def __init__(self, tmp_path: Path) -> None:
-        self.core = Core(FileStorage(str(tmp_path / "storage")), SharedSealState.create(lock_memory=False),
-                         CoreSettings(storage_type="file"))
-        _, self.root = dev_bootstrap(self.core)
-        self.client = create_app(self.core).test_client()
+        super().__init__(tmp_path)
         self.log = tmp_path / "audit.log"
         assert self.call("PUT", "sys/audit/file", self.root,
                          {"type": "file", "options": {"file_path": str(self.log)}}).status_code == 204
         assert self.call("POST", "secret/data/app", self.root, {"data": {"password": "pw"}}).status_code == 200
-
-    def call(self, method: str, path: str, token: str | None = None, body: Any = None) -> Any:
-        headers = {"X-Vault-Token": token} if token else {}
-        return self.client.open(f"/v1/{path}", method=method, json=body, headers=headers)
 
     def token(self, **params: Any) -> str:
         answer = self.call("POST", "auth/token/create", self.root, params)

@@ -214,9 +214,10 @@ class Formatter:
             "token_issue_time": auth.token_issue_time,
         })
 
-    def _request(self, request: RequestInfo) -> dict[str, Any]:
-        return _compact({
-            "id": request.id,
+    def _request_middle(self, request: RequestInfo) -> dict[str, Any]:
+        """The fields of the ``request`` block between its id and its data:
+        the same request after request from one caller (see _request_json)."""
+        return {
             "operation": request.operation,
             "mount_point": request.mount_point,
             "mount_type": request.mount_type,
@@ -225,6 +226,12 @@ class Formatter:
             "client_token_accessor": self._accessor(request.client_token_accessor),
             "namespace": {"id": "root"},
             "path": request.path,
+        }
+
+    def _request(self, request: RequestInfo) -> dict[str, Any]:
+        return _compact({
+            "id": request.id,
+            **self._request_middle(request),
             "data": self._data(request.data),
             "remote_address": request.remote_address,
             "remote_port": request.remote_port,
@@ -322,16 +329,7 @@ class Formatter:
                request.mount_point, request.mount_type, request.mount_accessor)
         middle = self._request_text.get(key)
         if middle is None:
-            middle = _encode(_compact({
-                "operation": request.operation,
-                "mount_point": request.mount_point,
-                "mount_type": request.mount_type,
-                "mount_accessor": request.mount_accessor,
-                "client_token": self._token(request.client_token),
-                "client_token_accessor": self._accessor(request.client_token_accessor),
-                "namespace": {"id": "root"},
-                "path": request.path,
-            }))[1:-1]  # never empty: the namespace is always there
+            middle = _encode(_compact(self._request_middle(request)))[1:-1]  # never empty: it has the namespace
             if len(self._request_text) >= MEMO_ENTRIES:
                 self._request_text.clear()
             self._request_text[key] = middle
