@@ -44,6 +44,21 @@ def ready(server: Server) -> InitResult:
     return init
 
 
+def settled_workers(server: Server, count: int, quiet: float = 1.5) -> set[int]:
+    """The worker pids once ``count`` of them have stayed the same for ``quiet``
+    seconds (the master polls the seal state every 0.2 s)."""
+    deadline = time.monotonic() + 30
+    pids, since = server.worker_pids(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = server.worker_pids()
+        if now != pids:
+            pids, since = now, time.monotonic()
+        elif len(pids) == count and time.monotonic() - since >= quiet:
+            return pids
+    raise AssertionError(server.explain(f"the workers did not settle: {pids}"))
+
+
 def assert_vault_5xx(server: Server, response: requests.Response) -> None:
     assert 500 <= response.status_code < 600, server.explain(f"expected a 5xx, got {response.status_code}")
     body = response.json()
@@ -293,6 +308,11 @@ def test_read_only_filesystem_fails_writes_keeps_reads(ext4_disk: Ext4Disk, serv
     server = server_factory(workers=2, storage="sqlite", data_dir=ext4_disk.mount / "data")
     init = ready(server)
     root = init.root_token
+    # The master may replace both workers once after an init and unseal
+    # that fell between two of its polls (it cannot tell whether a seal came
+    # between them); the workers that write below must be the ones that
+    # meet the read-only disk, holding the lock files they opened.
+    settled_workers(server, 2)
     acknowledged: dict[str, int] = {}
     for i in range(20):
         server.call("POST", f"secret/data/before/{i}", token=root, json_body={"data": {"i": i}})
