@@ -21,13 +21,44 @@ class CountingStorage(FileStorage):
 
 
 def test_repeated_reads_are_served_from_the_cache(tmp_path: Path) -> None:
+    """What a worker wrote is cached as it wrote it (write-through), what it
+    read once is cached too, absent keys included."""
     shared = SharedSealState.create(lock_memory=False)
     inner = CountingStorage(str(tmp_path))
     cache = CachedStorage(inner, shared)
     cache.put("a/b", b"one")
     assert [cache.get("a/b") for _ in range(5)] == [b"one"] * 5
     assert cache.get("missing") is None and cache.get("missing") is None
-    assert inner.reads == 2
+    assert inner.reads == 1
+    cache.delete("a/b")
+    assert cache.get("a/b") is None
+    assert inner.reads == 1
+
+
+class RacedStorage(FileStorage):
+    """Another worker writes the same key right after this one's write and
+    before this one's bump: the window write-through must not cache in."""
+
+    def __init__(self, path: str, shared: SharedSealState) -> None:
+        super().__init__(path)
+        self.root = path
+        self.shared = shared
+
+    def put(self, key: str, value: bytes) -> None:
+        super().put(key, value)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child: the other worker
+            CachedStorage(FileStorage(self.root), self.shared).put(key, b"theirs")
+            os._exit(0)
+        os.waitpid(pid, 0)
+
+
+def test_a_write_that_lands_between_our_write_and_our_bump_is_not_hidden(tmp_path: Path) -> None:
+    """Caching "mine" here would serve it after "theirs" was acknowledged."""
+    shared = SharedSealState.create(lock_memory=False)
+    cache = CachedStorage(RacedStorage(str(tmp_path), shared), shared)
+    cache.put("k", b"mine")
+    assert cache.get("k") == b"theirs"
 
 
 def test_a_write_in_another_process_is_seen_at_once(tmp_path: Path) -> None:

@@ -251,6 +251,11 @@ def test_cache_and_view_pass_transactions_through(tmp_path: Path) -> None:
         def bump_key_version(self, key: str) -> None:
             self.counts[key] = self.counts.get(key, 0) + 1
 
+        def bump_key_version_if_unchanged(self, key: str, seen: int) -> int | None:
+            unchanged = self.key_version(key) == seen
+            self.bump_key_version(key)
+            return self.key_version(key) if unchanged else None
+
     versions = Versions()
     cached = CachedStorage(SqliteStorage(str(tmp_path / "db")), versions)
     view = StorageView(cached, "logical/x/")

@@ -104,11 +104,17 @@ EPOCH_HA = 6
 class SharedSealState:
     """See the module docstring.  Create it once, in the master, before forking."""
 
-    def __init__(self, region: mmap.mmap, lock_fd: int) -> None:
+    def __init__(self, region: mmap.mmap, lock_fd: int, slot_lock_fd: int) -> None:
         self._mm = region
         self._lock_fd = lock_fd
         self._thread_lock = threading.Lock()
         self._thread_lock_pid = os.getpid()
+        self._slot_lock_fd = slot_lock_fd
+        """A lock of its own for the key slots (see :meth:`bump_key_version`),
+        held for microseconds: never the seal lock, which an unseal holds
+        while it writes."""
+        self._slot_thread_lock = threading.Lock()
+        self._slot_thread_lock_pid = os.getpid()
 
     @classmethod
     def create(cls, *, lock_memory: bool = True) -> SharedSealState:
@@ -116,7 +122,9 @@ class SharedSealState:
         _protect(region, lock_memory=lock_memory)
         fd, name = tempfile.mkstemp(prefix="vaultd-seal-lock-")
         os.unlink(name)
-        state = cls(region, fd)
+        slot_fd, slot_name = tempfile.mkstemp(prefix="vaultd-slot-lock-")
+        os.unlink(slot_name)
+        state = cls(region, fd, slot_fd)
         _HEADER.pack_into(
             region, 0, _MAGIC, 1, 0, 0, uuid.uuid4().bytes, bytes(32), bytes(16), 0, 0, 0.0
         )
@@ -195,14 +203,44 @@ class SharedSealState:
         offset = _SLOTS_OFFSET + 8 * (zlib.crc32(key.encode()) % SLOT_COUNT)
         return struct.unpack_from("<Q", self._mm, offset)[0]
 
+    @contextlib.contextmanager
+    def _slot_locked(self) -> Iterator[None]:
+        if self._slot_thread_lock_pid != os.getpid():  # as in _local_lock
+            self._slot_thread_lock = threading.Lock()
+            self._slot_thread_lock_pid = os.getpid()
+        with self._slot_thread_lock:
+            fcntl.lockf(self._slot_lock_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.lockf(self._slot_lock_fd, fcntl.LOCK_UN)
+
     def bump_key_version(self, key: str) -> None:
         """Give the key's slot a new value after a write.
 
-        A random value rather than an increment: it needs no lock (two
-        writers cannot lose each other's change by racing a read-modify-write),
-        and all a reader asks is whether the value differs from the one it saw."""
+        A random value rather than an increment: all a reader asks is
+        whether the value differs from the one it saw.  Under the slot lock,
+        so that :meth:`bump_key_version_if_unchanged` can tell whether any
+        other bump came between its caller's look and its own."""
         offset = _SLOTS_OFFSET + 8 * (zlib.crc32(key.encode()) % SLOT_COUNT)
-        self._mm[offset : offset + 8] = os.urandom(8)
+        with self._slot_locked():
+            self._mm[offset : offset + 8] = os.urandom(8)
+
+    def bump_key_version_if_unchanged(self, key: str, seen: int) -> int | None:
+        """Bump the key's slot after a write; its new value if the slot still
+        held ``seen`` (read before the write), else None.
+
+        The check and the bump are one step under the slot lock, and every
+        writer bumps after its write and before it acknowledges it; so when
+        this returns a value, every write to the slot acknowledged before now
+        wrote before the caller did, and the caller's value is the stored one
+        (write-through caching, :class:`vaultd.storage.cache.CachedStorage`)."""
+        offset = _SLOTS_OFFSET + 8 * (zlib.crc32(key.encode()) % SLOT_COUNT)
+        fresh = os.urandom(8)
+        with self._slot_locked():
+            unchanged = struct.unpack_from("<Q", self._mm, offset)[0] == seen
+            self._mm[offset : offset + 8] = fresh
+        return struct.unpack("<Q", fresh)[0] if unchanged else None
 
     # -- transitions (callers hold ``locked()``) -----------------------------
 

@@ -7,7 +7,9 @@ the disk does not.  It stays exact across processes through a shared table
 of version counters: a writer bumps the counter of the key's slot *after*
 its write, a reader notes the counter *before* its read, and a cached value
 is served only while its slot's counter is unchanged.  A stale counter can
-therefore only cause an extra read, never a stale value.
+therefore only cause an extra read, never a stale value.  A worker also
+keeps what it writes (write-through, as Vault's cache), when the slot shows
+that no other write completed in between (:meth:`CachedStorage.transaction`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
-from vaultd.storage.base import Op, Storage
+from vaultd.storage.base import Delete, Op, Put, Storage
 
 T = TypeVar("T")
 
@@ -28,6 +30,8 @@ class SlotVersions(Protocol):
     def key_version(self, key: str) -> int: ...
 
     def bump_key_version(self, key: str) -> None: ...
+
+    def bump_key_version_if_unchanged(self, key: str, seen: int) -> int | None: ...
 
 
 CACHE_ENTRIES = 24576
@@ -77,27 +81,41 @@ class CachedStorage(Storage):
         return value
 
     def put(self, key: str, value: bytes) -> None:
-        self._cache.pop(key, None)
-        try:
-            self.inner.put(key, value)
-        finally:
-            self.versions.bump_key_version(key)
+        self.transaction([Put(key, value)])
 
     def delete(self, key: str) -> None:
-        self._cache.pop(key, None)
-        try:
-            self.inner.delete(key)
-        finally:
-            self.versions.bump_key_version(key)
+        self.transaction([Delete(key)])
 
     def transaction(self, ops: Sequence[Op]) -> None:
+        """Write-through, as Vault's cache: what this worker wrote is what
+        its next read returns without a trip to the backend, when no other
+        write to the key's slot completed between the look before the write
+        and the bump after it (see
+        :meth:`~vaultd.core.seal_state.SharedSealState.bump_key_version_if_unchanged`).
+        Otherwise, and for keys of one transaction that share a slot, the
+        next read goes to the backend."""
         for op in ops:
             self._cache.pop(op.key, None)
+        seen = [self.versions.key_version(op.key) for op in ops]
         try:
-            self.inner.transaction(ops)
-        finally:
+            if len(ops) == 1:
+                op = ops[0]
+                if isinstance(op, Put):
+                    self.inner.put(op.key, op.value)
+                else:
+                    self.inner.delete(op.key)
+            else:
+                self.inner.transaction(ops)
+        except BaseException:
             for op in ops:
                 self.versions.bump_key_version(op.key)
+            raise
+        for op, before in zip(ops, seen, strict=True):
+            version = self.versions.bump_key_version_if_unchanged(op.key, before)
+            if version is not None:
+                if len(self._cache) >= self.max_entries:
+                    _evict_oldest(self._cache)
+                self._cache[op.key] = (version, op.value if isinstance(op, Put) else None)
 
     def list(self, prefix: str) -> list[str]:
         return self.inner.list(prefix)
