@@ -15,12 +15,13 @@ from types import FrameType
 from unsealer import exitcodes
 from unsealer.agent import Agent
 from unsealer.client import DaemonClient
+from unsealer.kms_process import KmsProcess
 from unsealer.metrics import AgentMetrics
 from unsealer.settings import SettingsError, settings_from_config
 from vaultd.config import ConfigError, load_config
 from vaultd.hardening import disable_core_dumps
 from vaultd.logging import setup_logging
-from vaultd.seal.awskms import AwsKmsConfigError, AwsKmsSeal
+from vaultd.seal.awskms import AwsKmsConfigError
 
 log = logging.getLogger("vaultd.unsealer")
 
@@ -53,21 +54,32 @@ def main(argv: list[str] | None = None) -> int:
     if config.seal is None or config.seal.type != "awskms":
         log.error('%s has no seal "awskms" stanza: there is nothing for the agent to unwrap', args.config)
         return exitcodes.CONFIG
+    level = args.log_level or config.log_level
+    seal: KmsProcess | None = None
+    old_seal: KmsProcess | None = None
     try:
         settings = settings_from_config(config)
-        seal = AwsKmsSeal(config.seal.options)
-        seal.prepare()
+        # The AWS SDK runs in a child process while there is something to
+        # unwrap, never in this one (see unsealer.kms_process).
+        seal = KmsProcess(config.seal.options, log_level=level)
         # A migration between two KMS keys: the old stanza (disabled) beside
         # the new one; the agent unwraps with the old until the move is done.
         old = config.disabled_seal
-        old_seal = None
         if old is not None and old is not config.seal and old.type == "awskms":
-            old_seal = AwsKmsSeal(old.options)
-            old_seal.prepare()
+            old_seal = KmsProcess(old.options, log_level=level)
         client = DaemonClient(settings.address, ca_file=settings.ca_file, timeout=settings.timeout,
                               channel=settings.channel, tls=settings.unix_tls)
+        # The AWS profile is read now, so that a wrong one is a config error
+        # at start; the child stays for the first look at the daemon.
+        seal.check()
+        if old_seal is not None:
+            old_seal.check()
+            old_seal.rest()
     except (SettingsError, AwsKmsConfigError) as exc:
         log.error("cannot use the config: %s", exc)
+        for started in (seal, old_seal):
+            if started is not None:
+                started.rest()
         return exitcodes.CONFIG
 
     agent = Agent(client, seal, settings, metrics=AgentMetrics(settings.metrics_textfile), old_seal=old_seal,
@@ -85,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         return exitcodes.UNEXPECTED
     finally:
         client.close()
+        seal.rest()
+        if old_seal is not None:
+            old_seal.rest()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

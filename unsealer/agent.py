@@ -47,6 +47,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
+from typing import Protocol
 
 import tenacity
 
@@ -56,9 +57,24 @@ from unsealer.metrics import AgentMetrics
 from unsealer.settings import AgentSettings
 from vaultd.agent_channel import UntrustedPeer
 from vaultd.logging import log_event
-from vaultd.seal.base import AutoSeal, SealError, StoredKey
+from vaultd.seal.base import SealError, StoredKey
 
 log = logging.getLogger("vaultd.unsealer")
+
+
+class Unwrapper(Protocol):
+    """What the agent needs of a seal stanza: in production a
+    :class:`~unsealer.kms_process.KmsProcess` (the AWS SDK in a child that
+    lives for one episode), in tests also an
+    :class:`~vaultd.seal.awskms.AwsKmsSeal` in this process."""
+
+    type: str
+
+    def unwrap(self, stored: StoredKey) -> bytes | bytearray: ...
+
+    def warm(self) -> None: ...
+
+    def rest(self) -> None: ...
 
 
 class Outcome(enum.Enum):
@@ -121,13 +137,13 @@ class Agent:
     def __init__(
         self,
         client: DaemonClient,
-        seal: AutoSeal,
+        seal: Unwrapper,
         settings: AgentSettings,
         *,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
         metrics: AgentMetrics | None = None,
-        old_seal: AutoSeal | None = None,
+        old_seal: Unwrapper | None = None,
         retired: bool = False,
     ) -> None:
         """``old_seal``: the stanza marked ``disabled`` beside an enabled one
@@ -200,6 +216,12 @@ class Agent:
             if self.stop_event.is_set():
                 return Outcome.STOPPED
             raise
+        finally:
+            # However it ended, nothing is unwrapped before the next episode:
+            # a KmsProcess ends its child and the SDK's memory goes with it.
+            self.seal.rest()
+            if self.old_seal is not None:
+                self.old_seal.rest()
 
     # --- one attempt ------------------------------------------------------------
 
@@ -207,7 +229,13 @@ class Agent:
         if self.stop_event.is_set():
             raise _Stopping
         self.attempts += 1
-        state = self.client.state()
+        try:
+            state = self.client.state()
+        except DaemonUnavailable:
+            # Down, or restarting: a restarted daemon wants its key as soon as
+            # it listens, so the KMS helper starts now, alongside it.
+            self.seal.warm()
+            raise
         self._observe(state)
         if not state.initialized:
             level = logging.DEBUG if self._said_uninitialized else logging.INFO
@@ -257,7 +285,7 @@ class Agent:
             self._sealed_since = self._clock()
         return self._unseal(state)
 
-    def _seals(self, state: DaemonState) -> list[AutoSeal]:
+    def _seals(self, state: DaemonState) -> list[Unwrapper]:
         """The seals to unwrap with, in order: during a migration away from
         awskms the old (disabled) one first; otherwise the enabled one.  The
         other one is the fallback when KMS says the key does not fit (a
@@ -270,7 +298,10 @@ class Agent:
         for index, seal in enumerate(seals):
             self.metrics.kms_call()
             try:
-                return bytearray(seal.unwrap(stored))
+                plaintext = seal.unwrap(stored)
+                # A KmsProcess answers in a bytearray already: copying it
+                # would leave a copy nobody wipes.
+                return plaintext if isinstance(plaintext, bytearray) else bytearray(plaintext)
             except SealError as exc:
                 self.metrics.kms_error(exc.code)
                 if exc.permanent and exc.code in exitcodes.WRONG_KEY_CODES and index + 1 < len(seals):

@@ -87,10 +87,10 @@ class AgentProcess:
     log: Path
     process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, *python_flags: str) -> None:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "unsealer", "--config", str(self.config)],
+                [sys.executable, *python_flags, "-m", "unsealer", "--config", str(self.config)],
                 cwd=ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -178,6 +178,33 @@ def test_a_restarted_daemon_is_unsealed_again_without_a_human(stack: Stack, sig:
         assert "INFO" in line
     assert stack.kms.count("Decrypt", outcome="forwarded") == 2
     assert stack.agent.process is not None and stack.agent.process.poll() is None
+
+
+def _children(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as children:
+        return children.read().split()
+
+
+def test_the_agent_never_loads_the_aws_sdk_and_its_kms_helper_ends_after_each_unseal(stack: Stack) -> None:
+    """boto3 costs a process about 20 MiB it never gives back, so only a
+    short-lived child (unsealer.kms_process) imports it.  ``-X importtime``
+    makes the agent's interpreter list every module it imports on stderr
+    (the log); the child is started without the flag and lists none."""
+    _initialised(stack)
+    stack.agent.start("-X", "importtime")
+    stack.agent.wait_line(r"is unsealed")
+    assert stack.agent.process is not None
+    pid = stack.agent.process.pid
+    wait_for(lambda: not _children(pid), "the KMS helper started at the agent's start to end")
+    for _ in range(2):
+        boot = stack.daemon.restart(signal.SIGKILL)
+        wait_for(stack.daemon.unsealed, "the daemon to be unsealed by the agent", timeout=WAIT)
+        stack.agent.wait_line(rf"unsealed the daemon \(boot {boot}\)")
+        wait_for(lambda: not _children(pid), "the KMS helper to end after the unseal")
+    assert stack.kms.count("Decrypt", outcome="forwarded") == 2
+    imported = [line.rsplit("|", 1)[-1].strip() for line in stack.agent.lines(r"^import time:")]
+    assert "tenacity" in imported, "no -X importtime lines: this test would see nothing"
+    assert not [name for name in imported if name.split(".")[0] in ("boto3", "botocore")]
 
 
 @pytest.mark.parametrize("order", ["agent-first", "daemon-first"])

@@ -207,10 +207,20 @@ class AwsKmsSeal(AutoSeal):
 
     def prepare(self) -> None:
         """Import boto3 and read the AWS profile now rather than at the first
-        KMS call.  The agent calls this at start, so that a profile that does
-        not exist is a config error then, and the import is paid before the
-        daemon it waits for comes up.  Credentials are still not resolved."""
+        KMS call.  The agent's KMS helper process calls this as it starts, so
+        that a profile that does not exist is a config error at the agent's
+        start, and the import is paid while the daemon it waits for comes up.
+        Credentials are still not resolved."""
         self._session()
+
+    def warm(self) -> None:
+        """Make the KMS client now (the agent's KMS helper process does this
+        while the daemon starts).  A failure here, such as no credentials
+        yet, is left for the call itself to report and classify."""
+        try:
+            _ = self._client
+        except Exception:  # reported by the next call, which classifies it
+            self._forget_client()
 
     def _session(self) -> boto3.session.Session:
         global _sdk_loaded

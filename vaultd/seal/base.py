@@ -88,3 +88,11 @@ class AutoSeal(abc.ABC):
     @abc.abstractmethod
     def unwrap(self, stored: StoredKey) -> bytes:
         """Recover the KEK; raise :class:`SealError` on failure."""
+
+    def warm(self) -> None:  # noqa: B027 - an optional hook: most seals need nothing
+        """An unwrap is likely within the next second (the unsealer agent
+        saw the daemon stop answering): get ready for it.  Nothing by default."""
+
+    def rest(self) -> None:  # noqa: B027 - an optional hook, as warm()
+        """Nothing to unwrap until the daemon's next start: let go of what
+        :meth:`warm` took.  Nothing by default."""
