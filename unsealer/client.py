@@ -10,6 +10,15 @@ about where it goes: proxies and ``.netrc`` from the environment are ignored,
 redirects are not followed, plain HTTP is allowed to loopback only, and the
 request body is built in a ``bytearray`` that is wiped after the call.
 
+It speaks urllib3 directly, not requests: the agent runs for the machine's
+lifetime and requests (with what it imports) costs it about 4 MiB resident
+for a session layer it has no use for.  urllib3 never reads ``HTTP(S)_PROXY``,
+``NO_PROXY``, ``.netrc`` or ``REQUESTS_CA_BUNDLE``, and the system's CAs are
+named by path (not ``SSL_CERT_FILE``), so the environment has no say;
+``https`` is checked against ``ca_file`` or else the system's CAs.  Each
+request is made once: no redirect is followed and urllib3 retries nothing
+(the agent's own backoff is the only retry loop).
+
 Over a unix socket every new connection is checked before and after it is
 made (:func:`vaultd.agent_channel.check_socket_path` and ``check_peer``):
 the socket and its directory must belong to a uid the agent trusts and the
@@ -21,14 +30,14 @@ a retryable error: the agent ends with its own exit code.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import ssl
 from dataclasses import dataclass
 from typing import Any
 
-import requests
-import requests.adapters
+import urllib3
 import urllib3.connection
 import urllib3.connectionpool
 import urllib3.exceptions
@@ -37,7 +46,9 @@ from unsealer.settings import SettingsError, check_address
 from vaultd.agent_channel import AgentChannel, ChannelError, check_peer, check_socket_path, unix_socket_path
 from vaultd.seal.base import StoredKey
 
-_UNIX_BASE = "http://localhost"
+# What requests' HTTPAdapter gave every request: made once, a read error
+# not retried either, and redirects handed back rather than followed.
+_NO_RETRIES = urllib3.Retry(0, read=False)
 
 
 class DaemonUnavailable(Exception):
@@ -103,27 +114,42 @@ class DaemonClient:
         uid and root); ``tls`` speaks TLS over the socket, as gunicorn does
         on every socket when the daemon's listeners use TLS."""
         check_address(address)
+        if ca_file and not os.path.exists(ca_file):
+            # Waiting would not make it appear: a config error, at start.
+            raise SettingsError(f"unsealer.ca_file {ca_file!r} does not exist")
         self.address = address
         self.timeout = timeout
-        self._session = requests.Session()
-        # No HTTP(S)_PROXY, no .netrc: the key goes to the configured address only.
-        self._session.trust_env = False
-        self._session.verify = ca_file if ca_file else True
         try:
             socket_path = unix_socket_path(address)
         except ChannelError as exc:
             raise SettingsError(str(exc)) from None
+        self._unix: _UnixPool | None = None
+        self._manager: urllib3.PoolManager | None = None
         if socket_path is not None:
             if channel is None or channel.socket_path is None:
                 channel = AgentChannel(address=address, socket_path=socket_path, explicit=True)
             context = _unix_tls_context(ca_file) if tls else None
-            self._base = _UNIX_BASE
-            self._session.mount(_UNIX_BASE, _UnixSocketAdapter(channel, timeout, context))
+            self._unix = _UnixPool("localhost", channel=channel, socket_timeout=timeout, tls=context)
+            self._base = ""  # the pool knows where: a request names only its path
         else:
+            # https: the host name and chain are checked, against ca_file
+            # (a directory of hashed certificates too) or the system's CAs.
+            # The pool manager drops these for plain http.
+            verify: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED"}
+            if ca_file:
+                verify["ca_cert_dir" if os.path.isdir(ca_file) else "ca_certs"] = ca_file
+            else:
+                verify.update(_system_cas())
+            self._manager = urllib3.PoolManager(num_pools=10, maxsize=10, block=False, **verify)
             self._base = address.rstrip("/")
 
     def close(self) -> None:
-        self._session.close()
+        """Close the kept-alive connections.  Over TCP a later request opens
+        a new one; over the socket the client is done (DaemonUnavailable)."""
+        if self._unix is not None:
+            self._unix.close()
+        elif self._manager is not None:
+            self._manager.clear()
 
     def __repr__(self) -> str:
         return f"DaemonClient(address={self.address!r})"
@@ -133,19 +159,19 @@ class DaemonClient:
         the pool, for the agent to watch: the daemon closes it when it stops.
         None when there is none (the daemon closed it, or never answered).
 
-        This reads urllib3's pools, whose layout (``poolmanager.pools``, each
-        a ``pool.queue`` of connections with ``sock``) is the same in 1.26
-        and 2.x; if that ever
-        changes, the answer is None and the agent falls back to its poll
-        interval, which is slower but still correct."""
+        This reads urllib3's pools, whose layout (``PoolManager.pools``, each
+        pool's ``pool.queue`` of connections with ``sock``) is the same in
+        1.26 and 2.x; if that ever changes, the answer is None and the agent
+        falls back to its poll interval, which is slower but still correct."""
         try:
-            adapter = self._session.get_adapter(self._base + "/")
-            if isinstance(adapter, _UnixSocketAdapter):
-                pools: list[Any] = [adapter._pool]
-            else:
-                # The session only ever talks to the daemon: any pool is its.
-                manager = adapter.poolmanager
+            if self._unix is not None:
+                pools: list[Any] = [self._unix]
+            elif self._manager is not None:
+                # The manager only ever talks to the daemon: any pool is its.
+                manager = self._manager
                 pools = [manager.pools[key] for key in manager.pools.keys()]
+            else:
+                return None
             for pool in pools:
                 for connection in list(pool.pool.queue):
                     sock = getattr(connection, "sock", None)
@@ -187,33 +213,57 @@ class DaemonClient:
             wipe(body)
 
     def _request(self, method: str, path: str, *, body: bytearray | None = None) -> dict[str, Any]:
-        headers = {"Accept": "application/json"}
+        # requests' keep-alive header, said out loud; HTTP/1.1 means it anyway.
+        headers = {"Accept": "application/json", "Connection": "keep-alive"}
         if body is not None:
             headers["Content-Type"] = "application/json"
+            headers["Content-Length"] = str(len(body))
+        opener: urllib3.PoolManager | _UnixPool | None = self._unix if self._unix is not None else self._manager
+        assert opener is not None
         try:
-            response = self._session.request(
+            response = opener.urlopen(
                 method,
                 self._base + path,
                 # A bytearray is sent as is (buffer protocol) by both urllib3 1.26 and 2.x.
-                data=body,
+                body=body,
                 headers=headers,
-                timeout=self.timeout,
-                allow_redirects=False,
+                retries=_NO_RETRIES,
+                redirect=False,
+                assert_same_host=False,
+                timeout=urllib3.Timeout(connect=self.timeout, read=self.timeout),
+                preload_content=True,
             )
-        except requests.RequestException as exc:
+            data = response.data
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            # Every transport failure; UntrustedPeer is neither and goes up as it is.
             raise DaemonUnavailable(f"{method} {path}: {_describe(exc)}") from None
         try:
-            payload = response.json() if response.content else {}
+            payload = json.loads(data) if data else {}
         except ValueError:
             payload = None
-        if response.status_code >= 500 or response.status_code == 429:
-            raise DaemonUnavailable(f"{method} {path}: HTTP {response.status_code}{_errors_suffix(payload)}")
-        if response.status_code >= 300:
+        if response.status >= 500 or response.status == 429:
+            raise DaemonUnavailable(f"{method} {path}: HTTP {response.status}{_errors_suffix(payload)}")
+        if response.status >= 300:
             errors = payload.get("errors") if isinstance(payload, dict) else None
-            raise DaemonRefused(method, path, response.status_code, [str(e) for e in errors or []])
+            raise DaemonRefused(method, path, response.status, [str(e) for e in errors or []])
         if not isinstance(payload, dict):
             raise DaemonUnavailable(f"{method} {path}: the answer is not a JSON object")
         return payload
+
+
+def _system_cas() -> dict[str, str]:
+    """The system's CAs where OpenSSL was built to find them.  Named here
+    rather than left to urllib3, whose default (``load_default_certs``) also
+    reads ``SSL_CERT_FILE`` and ``SSL_CERT_DIR``: the environment does not
+    choose whom the key is sent to.  Empty when neither path exists, and
+    then urllib3's default it is."""
+    paths = ssl.get_default_verify_paths()
+    found: dict[str, str] = {}
+    if paths.openssl_cafile and os.path.isfile(paths.openssl_cafile):
+        found["ca_certs"] = paths.openssl_cafile
+    if paths.openssl_capath and os.path.isdir(paths.openssl_capath):
+        found["ca_cert_dir"] = paths.openssl_capath
+    return found
 
 
 def _errors_suffix(payload: object) -> str:
@@ -225,12 +275,10 @@ def _errors_suffix(payload: object) -> str:
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>: ")
 
 
-def _describe(exc: requests.RequestException) -> str:
+def _describe(exc: Exception) -> str:
     """A short cause: the innermost reason urllib3 gives (refused, timed out,
     certificate mismatch), which is what an operator needs."""
     cause: BaseException = exc
-    if exc.args and isinstance(exc.args[0], BaseException):
-        cause = exc.args[0]
     if isinstance(cause, urllib3.exceptions.MaxRetryError) and cause.reason is not None:
         cause = cause.reason
     text = _OBJECT_REPR.sub("", str(cause)) or type(cause).__name__
@@ -317,24 +365,6 @@ class _UnixConnection(urllib3.connection.HTTPConnection):
 
 
 class _UnixPool(urllib3.connectionpool.HTTPConnectionPool):
+    """Every connection of the pool goes to the one unix socket, checked."""
+
     ConnectionCls = _UnixConnection  # type: ignore[assignment]
-
-
-class _UnixSocketAdapter(requests.adapters.HTTPAdapter):
-    """Sends every request of the session to one unix socket."""
-
-    def __init__(self, channel: AgentChannel, timeout: float, tls: ssl.SSLContext | None) -> None:
-        super().__init__()
-        self._pool = _UnixPool("localhost", channel=channel, socket_timeout=timeout, tls=tls)
-
-    def get_connection(self, url: str, proxies: Any = None) -> _UnixPool:  # requests < 2.32
-        return self._pool
-
-    def get_connection_with_tls_context(  # requests >= 2.32
-        self, request: Any, verify: Any, proxies: Any = None, cert: Any = None
-    ) -> _UnixPool:
-        return self._pool
-
-    def close(self) -> None:
-        self._pool.close()
-        super().close()
