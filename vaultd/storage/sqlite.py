@@ -53,8 +53,10 @@ FILE_MODE = 0o600
 BUSY_TIMEOUT_MS = 30_000
 CHECKPOINT_INTERVAL = 1.0
 """Seconds between two checkpoints by a process's checkpointer thread."""
-PAGE_CACHE_KIB = 256
-"""Each connection's page cache (SQLite's default is 2 MiB)."""
+PAGE_CACHE_KIB = 64
+"""Each connection's page cache (SQLite's default is 2 MiB; a worker has a
+connection per request thread).  Enough for the B-tree's upper levels; the
+leaves are in the OS page cache, and hot values in the read cache above."""
 WAL_SIZE_LIMIT = 16 * 1024 * 1024
 """What the log is cut back to once a checkpoint has emptied it."""
 _LABEL = "sqlite storage"
