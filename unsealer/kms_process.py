@@ -39,7 +39,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 from vaultd.hardening import disable_core_dumps
@@ -216,7 +216,7 @@ class KmsProcess:
         self._wipe_pending()
         return plaintext
 
-    def _fill(self, found: Any, deadline: float) -> int:
+    def _fill(self, found: Callable[[], int], deadline: float) -> int:
         """Read from the child until ``found()`` is not -1, into a buffer that
         is wiped (the plaintext passes through it; ``os.readv`` reads into
         a ``bytearray``, where ``os.read`` would leave an immutable copy)."""
