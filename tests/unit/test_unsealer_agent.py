@@ -14,7 +14,6 @@ import os
 import socket
 import socketserver
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -239,21 +238,6 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
 
 def _recorder(answer: tuple[int, dict[str, str], bytes]) -> type[_Recorder]:
     return type("Recorder", (_Recorder,), {"seen": [], "connections": [], "answer": answer})
-
-
-@pytest.fixture
-def serve() -> Iterator[object]:
-    servers: list[socketserver.BaseServer] = []
-
-    def start(server: socketserver.BaseServer) -> socketserver.BaseServer:
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
 
 
 STATE = {"boot_id": "b1", "initialized": True, "sealed": True, "seal_type": "awskms", "sealed_by_operator": False}

@@ -16,8 +16,6 @@ import socketserver
 import ssl
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -101,21 +99,6 @@ class _UnixTLSServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer)
     def get_request(self) -> tuple[socket.socket, object]:
         sock, address = super().get_request()
         return self.context.wrap_socket(sock, server_side=True), address
-
-
-@pytest.fixture
-def serve() -> Iterator[object]:
-    servers: list[socketserver.BaseServer] = []
-
-    def start(server: socketserver.BaseServer) -> socketserver.BaseServer:
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
 
 
 def _name(common_name: str) -> x509.Name:
