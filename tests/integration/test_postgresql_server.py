@@ -12,7 +12,14 @@ from pathlib import Path
 
 import requests
 
-from tests.integration.support import VAULTD, Server, ServerFactory, wait_for, write_config
+from tests.integration.support import (
+    VAULTD,
+    Server,
+    ServerFactory,
+    requests_on_every_worker,
+    wait_for,
+    write_config,
+)
 from tests.postgres_fixtures import PostgresCluster
 
 SUCCESS = "Success! All of the keys have been migrated."
@@ -89,6 +96,11 @@ def test_server_on_postgresql_survives_a_postgresql_restart(
     thread.start()
     try:
         wait_for(lambda: len(acknowledged) >= 5, "writes before the restart")
+        # Every worker serves once since the unseal, and so reads the audit
+        # table: a worker whose first request came while PostgreSQL is down
+        # would refuse it failing closed, with the audit's "internal error"
+        # (as Vault's) rather than the storage's message checked below.
+        requests_on_every_worker(server, "GET", "auth/token/lookup-self", token=root)
         postgres.stop()
         down = server.request("POST", "secret/data/during", token=root, json_body={"data": {"x": 1}})
         assert down.status_code == 500, server.explain(down.text)
