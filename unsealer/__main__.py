@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             if started is not None:
                 started.rest()
         return exitcodes.CONFIG
+    assert seal is not None  # made in the try above, or returned
 
     agent = Agent(client, seal, settings, metrics=AgentMetrics(settings.metrics_textfile), old_seal=old_seal,
                   retired=config.seal.disabled)

@@ -101,23 +101,29 @@ class KmsProcess:
         pace of the agent's looks at a daemon that is down."""
         with self._lock:
             if self._child is None:
-                self._start()
+                try:
+                    self._start()
+                except SealError as exc:  # unwrap() starts one again, and says why if it cannot
+                    log.warning("%s", exc)
 
     def check(self) -> None:
         """Start a child and wait until it has read the AWS profile.  The
         agent calls this at its start, so that a profile that does not exist
-        is a config error then, as it was when the agent imported boto3
-        itself; the child is then kept for the first episode."""
+        is a config error then (:class:`AwsKmsConfigError`), as it was when
+        the agent imported boto3 itself; the child is then kept for the
+        first episode."""
         with self._lock:
-            if self._child is None:
-                self._start()
             try:
+                if self._child is None:
+                    self._start()
                 self._await_ready(time.monotonic() + READY_TIMEOUT)
             except SealError as exc:
                 self._end()
                 if exc.code == "InvalidConfiguration":
                     raise AwsKmsConfigError(str(exc)) from None
-                raise AwsKmsConfigError(f"awskms seal: the KMS helper process could not start: {exc}") from None
+                # Not the config's fault (a fork that failed, a child that
+                # was killed): the first unwrap tries again, with backoff.
+                log.warning("%s", exc)
 
     def unwrap(self, stored: StoredKey) -> bytearray:
         """The plaintext KEK, in a buffer the caller wipes."""
@@ -150,14 +156,19 @@ class KmsProcess:
     # --- the child's lifetime ---------------------------------------------------
 
     def _start(self) -> None:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "unsealer.kms_process", "--log-level", self._log_level],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            close_fds=True,
-            # Not the agent's working directory: `-m` puts it on sys.path.
-            cwd="/",
-        )
+        try:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "unsealer.kms_process", "--log-level", self._log_level],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                close_fds=True,
+                # Not the agent's working directory: `-m` puts it on sys.path.
+                cwd="/",
+            )
+        except OSError as exc:  # fork or exec failed: out of processes or memory, say
+            raise SealError(
+                f"cannot start the KMS helper process: {exc.strerror or exc}", code="KmsHelperStart", permanent=False
+            ) from None
         self._child, self._ready = child, False
         self._pending.clear()
         log.debug("started the KMS helper process (pid %d)", child.pid)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 import pytest
 
@@ -136,5 +137,26 @@ def test_what_the_child_is_given_stays_off_its_command_line(aws_env: dict[str, s
         assert options["secret_key"].encode() not in argv
         with open(f"/proc/{seal.pid}/environ", "rb") as environ:
             assert options["secret_key"].encode() not in environ.read()
+    finally:
+        seal.rest()
+
+
+def test_a_child_that_cannot_start_is_retryable_never_a_config_error(
+    aws_env: dict[str, str], kms_key: KmsKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed fork or exec is not the operator's config: the agent must
+    not exit for good (code 2) over it, and the next unwrap tries again."""
+    kek, stored = _wrapped(kms_key.seal_options())
+    seal = KmsProcess(kms_key.seal_options())
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
+    try:
+        seal.check()
+        seal.warm()
+        with pytest.raises(SealError) as caught:
+            seal.unwrap(stored)
+        assert caught.value.code == "KmsHelperStart"
+        assert not caught.value.permanent
+        monkeypatch.undo()
+        assert seal.unwrap(stored) == kek
     finally:
         seal.rest()
